@@ -1,0 +1,1 @@
+"""Training side of segserve: architectures, data, losses, metrics, train/evaluate CLIs (torch)."""

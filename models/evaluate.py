@@ -1,0 +1,95 @@
+"""Evaluate a checkpoint on its task's validation data.
+
+Usage: `python -m models.evaluate runs/unet-isbi/best.pt`.
+
+Prints a metrics table, writes a JSON report and a PNG montage of predictions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.datasets import DEFAULT_DATA_ROOT
+from models.metrics import adapted_rand_error, confusion_matrix, summarize
+from models.plots import plot_montage
+from models.predict import normalise, predict_logits
+from models.registry import build_model
+from models.tasks import build_data, get_task
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report folder (default: beside the checkpoint)"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--montage", type=int, default=4, help="examples in the PNG montage")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    task = get_task(ckpt["task"], args.data_root)
+    model = build_model(ckpt["arch"], **ckpt["arch_options"])
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    data = build_data(task, args.data_root, crop=64, epoch_length=1, seed=0, border_weights=False)
+    k = len(task.classes)
+    ignore = task.ignore_index if task.ignore_index >= 0 else None
+    cm = np.zeros((k, k), np.int64)
+    preds, rand = [], []
+    for image, label in tqdm(
+        list(zip(data.val_images, data.val_labels, strict=True)), desc="evaluate"
+    ):
+        logits = predict_logits(
+            model, normalise(image, task.mean, task.std), model.cfg.size_multiple
+        )
+        pred = logits.argmax(1)[0].numpy().astype(np.uint8)
+        cm += confusion_matrix(pred, label, k, ignore)
+        if task.name == "unet-isbi":
+            rand.append(adapted_rand_error(pred, label))
+        preds.append(pred)
+    metrics = summarize(cm, task.classes)
+    if rand:
+        metrics["rand_error"] = float(np.mean(rand))
+
+    out = args.out or args.checkpoint.parent
+    out.mkdir(parents=True, exist_ok=True)
+    width = max(len(name) for name in metrics)
+    print(f"{'metric':<{width}}  value")
+    for name, value in metrics.items():
+        print(f"{name:<{width}}  {value:.4f}")
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "task": task.name,
+        "images": len(preds),
+        "metrics": metrics,
+        "confusion_matrix": cm.tolist(),
+        "classes": task.classes,
+    }
+    (out / "evaluation.json").write_text(json.dumps(report, indent=1))
+    pick = np.linspace(0, len(preds) - 1, min(args.montage, len(preds))).astype(int)
+    plot_montage(
+        data.val_images[pick],
+        data.val_labels[pick],
+        np.stack(preds)[pick],
+        task.palette,
+        [data.val_names[i] for i in pick],
+        out / "evaluation.png",
+        title=f"{task.name} validation",
+    )
+    print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.png'}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Whole-image prediction in torch, padded to the model's size multiple like the service does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.metrics import adapted_rand_error, confusion_matrix, summarize
+
+
+def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (H, W) or (H, W, C) to float32 (1, C, H, W)."""
+    x = image.astype(np.float32) / 255.0
+    x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
+    m = np.asarray(mean, np.float32)[:, None, None]
+    s = np.asarray(std, np.float32)[:, None, None]
+    return torch.from_numpy(np.ascontiguousarray((x - m) / s))[None]
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Logits (1, K, H, W) for x (1, C, H, W); mirror-pads to `multiple`, crops back."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
+    return model(x)[..., :h, :w]
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    class_names: list[str],
+    multiple: int,
+    ignore_index: int | None = None,
+    rand_error: bool = False,
+) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics over a stack of images; returns (metrics, predicted class maps)."""
+    was_training = model.training
+    model.eval()
+    k = len(class_names)
+    cm = np.zeros((k, k), np.int64)
+    preds, rand = [], []
+    for image, label in zip(images, labels, strict=True):
+        pred = predict_logits(model, normalise(image, mean, std), multiple).argmax(1)[0].numpy()
+        cm += confusion_matrix(pred, label, k, ignore_index)
+        if rand_error:
+            rand.append(adapted_rand_error(pred, label))
+        preds.append(pred.astype(np.uint8))
+    model.train(was_training)
+    metrics = summarize(cm, class_names)
+    if rand_error:
+        metrics["rand_error"] = float(np.mean(rand))
+        metrics["rand_plus_pixel_error"] = metrics["rand_error"] + metrics["pixel_error"]
+    return metrics, np.stack(preds)
