@@ -1,0 +1,1 @@
+"""Torch to ONNX export with segserve metadata, parity checks and model cards."""

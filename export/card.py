@@ -1,0 +1,130 @@
+"""Model cards: measured facts about an exported model, written as markdown beside it."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from app.spec import ModelSpec
+from export.parity import ParityReport
+
+
+def count_macs(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of the convolutions for one forward pass at `shape`."""
+    total = 0
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kernel = (
+                module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            )
+            total += output.numel() * kernel
+        elif isinstance(module, nn.ConvTranspose2d):
+            kernel = (
+                module.out_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            )
+            total += inputs[0].numel() * kernel
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)
+    ]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def measure_latency(
+    onnx_path: Path, shape: tuple[int, ...], threads: int = 2, runs: int = 10
+) -> dict[str, float]:
+    """Median CPU latency in ms: labels from the graph vs logits + numpy argmax."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    session.run(None, {"image": x})  # warm-up
+
+    def timed(fn: Any) -> float:
+        samples = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - start) * 1000)
+        return statistics.median(samples)
+
+    return {
+        "labels_in_graph_ms": timed(lambda: session.run(["labels"], {"image": x})),
+        "logits_numpy_argmax_ms": timed(lambda: session.run(["logits"], {"image": x})[0].argmax(1)),
+    }
+
+
+def write_card(
+    path: Path,
+    spec: ModelSpec,
+    checkpoint: dict[str, Any],
+    params: int,
+    macs: int,
+    shape: tuple[int, ...],
+    latency: dict[str, float],
+    parity: ParityReport,
+    onnx_bytes: int,
+    example_png: str,
+) -> None:
+    cfg = checkpoint.get("config", {})
+    metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(spec.metrics.items()))
+    recipe = ", ".join(
+        f"{k}={v}" for k, v in cfg.items() if k not in ("data_root", "out_dir", "resume")
+    )
+    text = f"""# {spec.name} {spec.version}
+
+{spec.description}
+
+- **Architecture**: {spec.architecture}
+- **Parameters**: {params:,} ({onnx_bytes / 1e6:.1f} MB ONNX, float32)
+- **Compute**: {macs / 1e9:.2f} GMACs per image at {shape[-1]}x{shape[-2]} (convolutions)
+- **Input**: {spec.input_channels} channel(s), `(v / 255 - mean) / std`,
+  mean {spec.mean}, std {spec.std};
+  height and width padded (mirror) to a multiple of {spec.size_multiple} by the service
+- **Classes** (index order): {", ".join(f"{i} {c}" for i, c in enumerate(spec.classes))}
+- **Training data**: {spec.training_data}
+- **Terms**: {spec.data_terms}
+- **Exported**: {spec.exported_at} from commit `{spec.git_commit or "unknown"}`
+
+## Training recipe
+Trained from scratch on 1 CPU thread for {checkpoint.get("train_seconds", 0) / 60:.0f} minutes
+(best epoch {checkpoint.get("epoch")}): {recipe}.
+
+## Validation metrics (best checkpoint)
+| metric | value |
+| --- | --- |
+{metrics}
+
+## Export parity (ONNX vs torch on {parity.images} real validation images)
+max |logit difference| {parity.max_abs_logit_diff:.2e} (limit 1e-4), argmax agreement
+{parity.argmax_agreement:.6f} (limit 0.9999).
+
+## CPU latency (onnxruntime, 2 threads, median of 10, {shape[-1]}x{shape[-2]})
+| output used | ms |
+| --- | --- |
+| `labels` (argmax in the graph) | {latency["labels_in_graph_ms"]:.1f} |
+| `logits` + numpy argmax | {latency["logits_numpy_argmax_ms"]:.1f} |
+
+## Example predictions (validation)
+![examples]({example_png})
+"""
+    path.write_text(text)
