@@ -1,0 +1,38 @@
+"""FastAPI dependencies: typed access to the app's shared objects."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.config import Settings
+from app.inference.registry import ModelRegistry
+from app.observability import Metrics
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    registry: ModelRegistry = request.app.state.registry
+    return registry
+
+
+def get_executor(request: Request) -> ThreadPoolExecutor:
+    executor: ThreadPoolExecutor = request.app.state.executor
+    return executor
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+ExecutorDep = Annotated[ThreadPoolExecutor, Depends(get_executor)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+
+from app.api.body import read_image_bytes
+from app.api.deps import ExecutorDep, MetricsDep, RegistryDep, SettingsDep
+from app.errors import InvalidParameter, ProblemError
+from app.imaging.decode import decode_image
+from app.imaging.encode import (
+    MAX_LIST_PIXELS,
+    class_map_json,
+    class_stats,
+    overlay_png,
+    palette_png,
+)
+from app.inference.pipeline import segment
+from app.inference.registry import ModelEntry
+from app.schemas import ClassStat, ModelRef, SegmentationResponse
+
+router = APIRouter(prefix="/v1/models", tags=["segmentation"])
+
+OutputFormat = Literal["png", "json", "overlay"]
+PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+
+REQUEST_BODY = {
+    "required": True,
+    "description": "The image: a raw body with an image content type, or multipart field `image`.",
+    "content": {
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        "image/tiff": {"schema": {"type": "string", "format": "binary"}},
+        "image/webp": {"schema": {"type": "string", "format": "binary"}},
+        "image/bmp": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {"image": {"type": "string", "format": "binary"}},
+            }
+        },
+    },
+}
+
+
+class NotAcceptable(ProblemError):
+    status, slug = 406, "not-acceptable"
+
+
+def choose_format(query: OutputFormat | None, accept: str | None) -> OutputFormat:
+    """The `format` query parameter wins; else the Accept header; else png."""
+    if query is not None:
+        return query
+    if not accept:
+        return "png"
+    ranked = []
+    for position, item in enumerate(accept.split(",")):
+        media, *params = (p.strip() for p in item.split(";"))
+        q = 1.0
+        for param in params:
+            if param.startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        ranked.append((-q, position, media.lower()))
+    for negative_q, _, media in sorted(ranked):
+        if negative_q == 0:
+            break
+        if media in ("image/png", "image/*", "*/*"):
+            return "png"
+        if media == "application/json":
+            return "json"
+    raise NotAcceptable("this endpoint answers image/png or application/json (or use ?format=)")
+
+
+def _render(
+    model: ModelEntry, data: bytes, max_pixels: int, fmt: OutputFormat, alpha: float, encoding: str
+) -> tuple[bytes, str, dict[str, float]]:
+    """Decode, segment, encode: all CPU work, run in the inference executor."""
+    assert model.spec is not None
+    spec = model.spec
+    started = time.perf_counter()
+    image = decode_image(data, max_pixels)
+    if fmt == "json" and encoding == "list" and image.width * image.height > MAX_LIST_PIXELS:
+        raise InvalidParameter(
+            f"encoding=list is limited to {MAX_LIST_PIXELS} pixels; use encoding=rle"
+        )
+    decoded = time.perf_counter()
+    result = segment(model, image.pixels)
+    segmented = time.perf_counter()
+    timings = {"decode": (decoded - started) * 1000, **result.timings_ms}
+    if fmt == "png":
+        body, media = palette_png(result.labels, spec.palette), "image/png"
+    elif fmt == "overlay":
+        body, media = overlay_png(image.pixels, result.labels, spec.palette, alpha), "image/png"
+    else:
+        class_map = class_map_json(result.labels, encoding)
+        stats = [ClassStat(**s) for s in class_stats(result.labels, spec.classes)]
+        timings["encode"] = (time.perf_counter() - segmented) * 1000
+        payload = SegmentationResponse(
+            model=ModelRef(name=spec.name, version=spec.version),
+            width=image.width,
+            height=image.height,
+            classes=spec.classes,
+            class_map=class_map,
+            stats=stats,
+            providers=model.providers,
+            timings_ms={k: round(v, 3) for k, v in timings.items()},
+        )
+        return payload.model_dump_json().encode(), "application/json", timings
+    timings["encode"] = (time.perf_counter() - segmented) * 1000
+    return body, media, timings
+
+
+@router.post(
+    "/{name}/segment",
+    summary="Segment one image",
+    description=(
+        "Returns the per-pixel class map at the input's resolution: `png` (default) is a "
+        "palette PNG whose pixel values are class indices, `json` gives the map run-length "
+        "encoded with per-class statistics, `overlay` blends the coloured map into the input. "
+        "The format comes from `format`, else from the Accept header."
+    ),
+    openapi_extra={"requestBody": REQUEST_BODY},
+    response_class=Response,
+    responses={
+        200: {
+            "content": {
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": SegmentationResponse.model_json_schema()},
+            },
+            "description": "The class map.",
+        },
+        400: {"description": "Undecodable image", **PROBLEM},
+        404: {"description": "Unknown model", **PROBLEM},
+        406: {"description": "Accept header allows no output format", **PROBLEM},
+        413: {"description": "Body or declared image size above the limits", **PROBLEM},
+        415: {"description": "Unsupported content type", **PROBLEM},
+        422: {"description": "Invalid parameters", **PROBLEM},
+        503: {"description": "Model not ready", **PROBLEM},
+    },
+)
+async def segment_image(
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    executor: ExecutorDep,
+    metrics: MetricsDep,
+    name: Annotated[str, Path(description="Model name", examples=["unet-isbi"])],
+    format: Annotated[OutputFormat | None, Query(description="png, json or overlay")] = None,
+    alpha: Annotated[float, Query(ge=0.0, le=1.0, description="Overlay opacity")] = 0.5,
+    encoding: Annotated[
+        Literal["rle", "list"], Query(description="JSON class-map encoding")
+    ] = "rle",
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
+    fmt = choose_format(format, accept)
+    model = registry.get(name)
+    data = await read_image_bytes(request, settings.max_upload_bytes)
+    loop = asyncio.get_running_loop()
+    body, media, timings = await loop.run_in_executor(
+        executor, _render, model, data, settings.max_pixels, fmt, alpha, encoding
+    )
+    assert model.spec is not None
+    metrics.inference.labels(model.spec.name).observe(timings["inference"] / 1000)
+    return Response(
+        body,
+        media_type=media,
+        headers={
+            "X-Model-Name": model.spec.name,
+            "X-Model-Version": model.spec.version,
+            "X-Inference-Time-Ms": f"{timings['inference']:.2f}",
+            "Server-Timing": ", ".join(f"{k};dur={v:.2f}" for k, v in timings.items()),
+        },
+    )

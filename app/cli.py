@@ -1,0 +1,67 @@
+"""The `segserve` command line; `segserve serve --help` lists the options."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from app.config import Device, Settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "host": args.host, "port": args.port, "model_dir": args.model_dir,
+            "device": args.device, "workers": args.workers,
+        }.items()
+        if value is not None
+    }  # fmt: skip
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(f"segserve: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # segserve logs one structured line per request itself
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segserve", description="Semantic segmentation service.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP service (settings also from SEG_* env)")
+    serve.add_argument("--host", help="interface to listen on (SEG_HOST)")
+    serve.add_argument("--port", type=int, help="TCP port (SEG_PORT)")
+    serve.add_argument("--model-dir", type=Path, help="folder of *.onnx models (SEG_MODEL_DIR)")
+    serve.add_argument(
+        "--device", choices=[d.value for d in Device], help="auto|cuda|cpu (SEG_DEVICE)"
+    )
+    serve.add_argument("--workers", type=int, help="inferences at once (SEG_WORKERS)")
+    serve.set_defaults(handler=_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Any = args.handler
+    return int(handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Service settings, read from `SEG_*` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "shipped_models"
+
+
+class Device(StrEnum):
+    auto = "auto"  # CUDA when it really initialises, else CPU
+    cuda = "cuda"  # CUDA or not ready: never a silent CPU fallback
+    cpu = "cpu"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEG_", frozen=True, extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    model_dir: Path = Field(SHIPPED_MODEL_DIR, description="Folder of *.onnx models to serve.")
+    device: Device = Field(Device.auto, description="Execution provider: auto, cuda or cpu.")
+    workers: int = Field(1, ge=1, le=64, description="Inferences run at once (thread pool size).")
+    intra_op_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=256,
+        description="onnxruntime threads per inference (default: the CPU count).",
+    )
+    max_upload_bytes: int = Field(
+        50 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+    )
+    max_pixels: int = Field(
+        8192 * 8192, ge=1, description="Largest declared image width x height (413 above)."
+    )
+    log_level: str = Field(
+        "info", pattern="^(critical|error|warning|info|debug)$", description="Log level."
+    )
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="Seconds to drain in-flight requests on SIGTERM."
+    )
+
+    @cached_property
+    def resolved_model_dir(self) -> Path:
+        return self.model_dir.expanduser().resolve()

@@ -1,0 +1,105 @@
+"""One error model: RFC 9457 problem details (`application/problem+json`) for every failure."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://segserve.dev/problems/"
+log = logging.getLogger("segserve.errors")
+
+
+class ProblemError(Exception):
+    """An error the client can act on; rendered as problem+json with `status`."""
+
+    status: int = 400
+    slug: str = "bad-request"
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class InvalidImage(ProblemError):
+    status, slug = 400, "invalid-image"
+
+
+class ModelNotFound(ProblemError):
+    status, slug = 404, "model-not-found"
+
+
+class PayloadTooLarge(ProblemError):
+    status, slug = 413, "payload-too-large"
+
+
+class UnsupportedMediaType(ProblemError):
+    status, slug = 415, "unsupported-media-type"
+
+
+class InvalidParameter(ProblemError):
+    status, slug = 422, "invalid-parameter"
+
+
+class ModelNotReady(ProblemError):
+    status, slug = 503, "model-not-ready"
+
+
+def problem(
+    status: int, detail: str, slug: str | None = None, request: Request | None = None, **extra: Any
+) -> JSONResponse:
+    title = HTTPStatus(status).phrase
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + (slug or title.lower().replace(" ", "-")),
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if request is not None:
+        body["instance"] = request.url.path
+        request_id = getattr(request.state, "request_id", None)
+        if request_id:
+            body["request_id"] = request_id
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+        response = problem(exc.status, exc.detail, exc.slug, request)
+        response.headers.update(exc.headers)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)
+        return problem(422, detail, "invalid-parameter", request, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route for {request.method} {request.url.path}"
+        response = problem(exc.status_code, detail, None, request)
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Never leak internals (paths, stack traces) to the client; the log has them.
+        log.exception(
+            "unhandled error", extra={"request_id": getattr(request.state, "request_id", "")}
+        )
+        return problem(500, "internal error; see the server log for this request id", None, request)

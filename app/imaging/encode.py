@@ -1,0 +1,69 @@
+"""Class maps to bytes: palette PNG, compact JSON encodings and a colour overlay."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+# Small maps may be returned as plain nested lists; larger ones must use RLE.
+MAX_LIST_PIXELS = 256 * 256
+
+
+def palette_png(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> bytes:
+    """Mode-P PNG whose pixel values are the class indices, coloured by `palette`."""
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    flat = [v for colour in palette for v in colour]
+    image.putpalette(flat + [0] * (768 - len(flat)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def run_length(labels: np.ndarray) -> list[int]:
+    """Row-major runs as a flat list [class, count, class, count, ...]."""
+    flat = labels.ravel()
+    if flat.size == 0:
+        return []
+    starts = np.concatenate(([0], np.flatnonzero(flat[1:] != flat[:-1]) + 1))
+    counts = np.diff(np.concatenate((starts, [flat.size])))
+    pairs = np.empty(2 * starts.size, np.int64)
+    pairs[0::2], pairs[1::2] = flat[starts], counts
+    return [int(v) for v in pairs.tolist()]
+
+
+def decode_run_length(counts: list[int], height: int, width: int) -> np.ndarray:
+    """Inverse of `run_length` (used by clients and tests)."""
+    values = np.asarray(counts[0::2], np.uint8)
+    return np.repeat(values, counts[1::2]).reshape(height, width)
+
+
+def class_map_json(labels: np.ndarray, encoding: str) -> dict[str, Any]:
+    if encoding == "list":
+        return {"encoding": "list", "rows": labels.astype(int).tolist()}
+    return {"encoding": "rle", "order": "row-major", "counts": run_length(labels)}
+
+
+def class_stats(labels: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
+    counts = np.bincount(labels.ravel(), minlength=len(classes))[: len(classes)]
+    total = max(int(labels.size), 1)
+    return [
+        {"index": i, "name": name, "pixels": int(n), "fraction": round(int(n) / total, 6)}
+        for i, (name, n) in enumerate(zip(classes, counts, strict=True))
+    ]
+
+
+def overlay_png(
+    pixels: np.ndarray, labels: np.ndarray, palette: list[tuple[int, int, int]], alpha: float
+) -> bytes:
+    """The input (as RGB) with the coloured class map blended in at `alpha`."""
+    rgb = np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
+    colours = np.asarray(palette, np.float32)[labels]
+    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colours
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), "RGB").save(
+        buffer, format="PNG", compress_level=3
+    )
+    return buffer.getvalue()

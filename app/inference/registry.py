@@ -1,0 +1,144 @@
+"""Discovers, loads and warms up every model in the model directory.
+
+A file that cannot be served (unloadable, missing or invalid metadata, duplicate
+name, graph not matching its metadata, CUDA required but absent) is marked failed
+with a reason; the other models still serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from app.config import Settings
+from app.errors import ModelNotFound, ModelNotReady
+from app.inference.session import SessionFactory, _ort_session, create_session
+from app.spec import ModelSpec
+
+log = logging.getLogger("segserve.registry")
+
+
+class ModelState(StrEnum):
+    loading = "loading"
+    ready = "ready"
+    failed = "failed"
+
+
+@dataclass
+class ModelEntry:
+    file: str
+    state: ModelState = ModelState.loading
+    reason: str | None = None
+    spec: ModelSpec | None = None
+    session: ort.InferenceSession | None = None
+    providers: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name if self.spec else Path(self.file).stem
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings, factory: SessionFactory = _ort_session) -> None:
+        self.settings = settings
+        self.factory = factory
+        self.entries: list[ModelEntry] = []
+        self.problem: str | None = None
+        self.loaded = threading.Event()
+
+    def discover(self) -> None:
+        directory = self.settings.resolved_model_dir
+        if not directory.is_dir():
+            self.problem = "the model directory does not exist (SEG_MODEL_DIR)"
+            log.error("model directory %s does not exist", directory)
+            return
+        self.entries = [ModelEntry(p.name) for p in sorted(directory.glob("*.onnx"))]
+        if not self.entries:
+            self.problem = "no *.onnx models in the model directory (SEG_MODEL_DIR)"
+            log.error("no *.onnx files in %s", directory)
+
+    def load_all(self) -> None:
+        """Blocking: load and warm up each model in turn (run it off the event loop)."""
+        try:
+            for entry in self.entries:
+                self._load(entry)
+        finally:
+            self.loaded.set()
+
+    def _load(self, entry: ModelEntry) -> None:
+        path = self.settings.resolved_model_dir / entry.file
+        try:
+            session, providers = create_session(
+                path, self.settings.device, self.settings.intra_op_threads, self.factory
+            )
+            spec = ModelSpec.from_metadata(dict(session.get_modelmeta().custom_metadata_map))
+            if any(e.spec and e.spec.name == spec.name for e in self.entries if e is not entry):
+                raise ValueError(f"another file already serves the model name {spec.name!r}")
+            _check_graph(session, spec)
+            entry.spec, entry.session, entry.providers = spec, session, providers
+            warm_up(session, spec)
+        except Exception as exc:  # any failure marks this model only
+            entry.state = ModelState.failed
+            entry.reason = _clean(str(exc), path)
+            entry.session = None
+            log.error("model %s not served: %s", entry.file, entry.reason)
+            return
+        entry.state = ModelState.ready
+        log.info("model %s (%s) ready on %s", spec.name, entry.file, ",".join(providers))
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.entries) and all(e.state is ModelState.ready for e in self.entries)
+
+    def get(self, name: str) -> ModelEntry:
+        """The ready model called `name`; 404 when unknown, 503 when not ready."""
+        for entry in self.entries:
+            if entry.spec is not None and entry.spec.name == name:
+                if entry.state is not ModelState.ready:
+                    raise ModelNotReady(f"model {name!r} is {entry.state.value}")
+                return entry
+        if any(e.state is ModelState.loading for e in self.entries):
+            raise ModelNotReady("models are still loading; retry shortly", {"Retry-After": "2"})
+        raise ModelNotFound(f"no model named {name!r}; GET /v1/models lists them")
+
+    def served(self) -> list[ModelEntry]:
+        return [e for e in self.entries if e.spec is not None]
+
+
+def _check_graph(session: ort.InferenceSession, spec: ModelSpec) -> None:
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    if spec.input_name not in inputs:
+        raise ValueError(f"graph has no input {spec.input_name!r} named in its metadata")
+    shape = inputs[spec.input_name].shape
+    if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != spec.input_channels):
+        raise ValueError(f"input shape {shape} does not match {spec.input_channels} channels NCHW")
+    missing = {spec.logits_output, spec.labels_output} - {None} - outputs
+    if missing:
+        raise ValueError(
+            f"graph lacks outputs {sorted(str(m) for m in missing)} named in its metadata"
+        )
+
+
+def warm_up(session: ort.InferenceSession, spec: ModelSpec) -> None:
+    """One run on a dummy input, so the first request does not pay for initialisation."""
+    side = spec.size_multiple * max(1, -(-64 // spec.size_multiple))
+    dummy = np.zeros((1, spec.input_channels, side, side), np.float32)
+    outputs = session.run(None, {spec.input_name: dummy})
+    logits = outputs[[o.name for o in session.get_outputs()].index(spec.logits_output)]
+    if logits.shape[1] != spec.num_classes or logits.shape[2:] != (side, side):
+        raise ValueError(
+            f"warm-up output {tuple(logits.shape)} does not match {spec.num_classes} classes "
+            "at input resolution"
+        )
+
+
+def _clean(message: str, path: Path) -> str:
+    """Reasons are shown to clients: no directory paths."""
+    return message.replace(str(path), path.name).replace(str(path.parent), "<model dir>")[:500]

@@ -1,0 +1,62 @@
+"""Typed response bodies (they also document the API in /docs)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from app.spec import ModelSpec
+
+
+class ModelStatus(BaseModel):
+    name: str
+    file: str
+    state: Literal["loading", "ready", "failed"]
+    reason: str | None = None
+    providers: list[str] = Field(default_factory=list, description="Providers really in use.")
+
+
+class ReadinessReport(BaseModel):
+    ready: bool
+    problem: str | None = None
+    models: list[ModelStatus]
+
+
+class ModelInfo(BaseModel):
+    state: Literal["loading", "ready", "failed"]
+    providers: list[str]
+    file: str
+    spec: ModelSpec
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class ClassStat(BaseModel):
+    index: int
+    name: str
+    pixels: int
+    fraction: float
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class SegmentationResponse(BaseModel):
+    model: ModelRef
+    width: int
+    height: int
+    classes: list[str]
+    class_map: dict[str, Any] = Field(
+        description=(
+            "encoding 'rle': `counts` = [class, run, class, run, ...] over the row-major map; "
+            "encoding 'list': `rows` = nested list [height][width]."
+        )
+    )
+    stats: list[ClassStat]
+    providers: list[str]
+    timings_ms: dict[str, float]
