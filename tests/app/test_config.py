@@ -1,0 +1,35 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.config import SHIPPED_MODEL_DIR, Device, Settings
+
+
+def test_defaults_serve_the_shipped_models() -> None:
+    settings = Settings()
+    assert settings.model_dir == SHIPPED_MODEL_DIR and settings.device is Device.auto
+    assert settings.max_pixels == 8192 * 8192
+
+
+def test_env_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SEG_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("SEG_DEVICE", "cuda")
+    monkeypatch.setenv("SEG_WORKERS", "3")
+    monkeypatch.setenv("MODEL_DIR", "/ignored-without-prefix")
+    settings = Settings()
+    assert (
+        settings.model_dir == tmp_path and settings.device is Device.cuda and settings.workers == 3
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("SEG_DEVICE", "tpu"), ("SEG_PORT", "70000"), ("SEG_WORKERS", "0"), ("SEG_LOG_LEVEL", "loud")],
+)
+def test_invalid_values_are_rejected(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()

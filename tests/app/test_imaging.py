@@ -1,0 +1,156 @@
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.errors import InvalidImage, PayloadTooLarge
+from app.imaging.decode import decode_image, to_channels
+from app.imaging.encode import (
+    class_map_json,
+    class_stats,
+    decode_run_length,
+    overlay_png,
+    palette_png,
+    run_length,
+)
+from tests.app.conftest import png_bytes
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+
+
+def encoded(image: Image.Image, fmt: str, **save: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "BMP", "WEBP"])
+def test_lossless_formats_decode_exactly(fmt: str) -> None:
+    save = {"lossless": True} if fmt == "WEBP" else {}
+    decoded = decode_image(encoded(Image.fromarray(RGB), fmt, **save), 10**6)
+    assert decoded.format == fmt and np.array_equal(decoded.pixels, RGB)
+
+
+def test_jpeg_decodes_close_to_the_original() -> None:
+    smooth = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (48, 1))
+    decoded = decode_image(encoded(Image.fromarray(smooth), "JPEG", quality=95), 10**6)
+    assert decoded.pixels.shape == (48, 64)
+    assert np.abs(decoded.pixels.astype(int) - smooth).mean() < 3
+
+
+def test_sixteen_bit_grey_is_scaled_to_eight_bits() -> None:
+    values = np.array([[0, 257, 65535, 32896]], np.uint16)
+    data = encoded(Image.fromarray(values), "PNG")
+    decoded = decode_image(data, 100)
+    assert decoded.mode.startswith("I") and decoded.pixels.tolist() == [[0, 1, 255, 128]]
+
+
+def test_palette_rgba_la_and_bilevel_modes() -> None:
+    palette_image = Image.fromarray(RGB).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    decoded = decode_image(encoded(palette_image, "PNG"), 10**6)
+    assert np.array_equal(decoded.pixels, np.asarray(palette_image.convert("RGB")))
+    rgba = np.dstack([RGB, np.full(RGB.shape[:2], 7, np.uint8)])
+    assert np.array_equal(decode_image(png_bytes(rgba), 10**6).pixels, RGB)  # alpha dropped
+    la = Image.fromarray(RGB[..., 0]).convert("LA")
+    assert np.array_equal(decode_image(encoded(la, "PNG"), 10**6).pixels, RGB[..., 0])
+    bilevel = Image.fromarray(RGB[..., 0] > 127)
+    assert set(np.unique(decode_image(encoded(bilevel, "PNG"), 10**6).pixels)) <= {0, 255}
+
+
+def test_exif_orientation_is_applied() -> None:
+    tall = np.zeros((20, 10, 3), np.uint8)
+    tall[:5] = 255  # bright top band
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: viewers turn it 90 degrees clockwise
+    decoded = decode_image(encoded(Image.fromarray(tall), "JPEG", exif=exif, quality=95), 10**6)
+    assert decoded.pixels.shape == (10, 20, 3)
+    assert decoded.pixels[:, -5:].mean() > 200 and decoded.pixels[:, :5].mean() < 50
+
+
+def test_animated_gif_uses_the_first_frame() -> None:
+    frames = [Image.fromarray(np.full((8, 8), v, np.uint8)) for v in (10, 200)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    decoded = decode_image(buffer.getvalue(), 10**6)
+    assert decoded.pixels.shape[:2] == (8, 8) and decoded.pixels.mean() < 50
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    body = kind + payload
+    return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG that declares a size but carries almost no pixel data (an image bomb)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _chunk(b"IEND", b"")
+    )
+
+
+def test_bomb_is_rejected_from_the_header() -> None:
+    with pytest.raises(PayloadTooLarge, match="100000x100000"):
+        decode_image(png_header_only(100_000, 100_000), max_pixels=8192 * 8192)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"hello, I am text", png_bytes(RGB)[:60], png_header_only(0, 5), png_header_only(64, 64)],
+    ids=["empty", "text", "truncated-png", "zero-size", "short-pixel-data"],
+)
+def test_bad_data_is_invalid_image(data: bytes) -> None:
+    with pytest.raises(InvalidImage):
+        decode_image(data, 10**6)
+
+
+def test_truncated_jpeg_is_invalid() -> None:
+    data = encoded(Image.fromarray(RGB), "JPEG")
+    with pytest.raises(InvalidImage):
+        decode_image(data[: len(data) // 2], 10**6)
+
+
+def test_channel_conversion_rules() -> None:
+    grey = RGB[..., 0]
+    assert to_channels(grey, 1).shape == (13, 17, 1)
+    assert np.array_equal(to_channels(grey, 3), np.dstack([grey] * 3))
+    luma = to_channels(RGB, 1)[..., 0].astype(float)
+    expected = RGB @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(luma - expected).max() <= 1.0  # ITU-R 601-2
+
+
+def test_palette_png_round_trips_exact_indices() -> None:
+    labels = RNG.integers(0, 11, (31, 29), dtype=np.uint8)
+    palette = [(i * 20, 255 - i * 20, i) for i in range(11)]
+    image = Image.open(io.BytesIO(palette_png(labels, palette)))
+    assert image.mode == "P" and image.size == (29, 31)
+    assert np.array_equal(np.asarray(image), labels)
+    assert image.getpalette()[:33] == [v for c in palette for v in c]
+
+
+def test_run_length_round_trip_and_json_forms() -> None:
+    labels = np.array([[0, 0, 1], [1, 1, 2]], np.uint8)
+    assert run_length(labels) == [0, 2, 1, 3, 2, 1]
+    assert np.array_equal(decode_run_length(run_length(labels), 2, 3), labels)
+    big = RNG.integers(0, 3, (40, 50), dtype=np.uint8)
+    assert np.array_equal(decode_run_length(class_map_json(big, "rle")["counts"], 40, 50), big)
+    assert class_map_json(labels, "list")["rows"] == [[0, 0, 1], [1, 1, 2]]
+    stats = class_stats(labels, ["a", "b", "c", "d"])
+    assert [s["pixels"] for s in stats] == [2, 3, 1, 0]
+    assert stats[1]["fraction"] == 0.5
+
+
+def test_overlay_blends_with_alpha() -> None:
+    labels = np.array([[0, 1]], np.uint8)
+    pixels = np.array([[100, 200]], np.uint8)
+    palette = [(255, 0, 0), (0, 0, 255)]
+    read = lambda data: np.asarray(Image.open(io.BytesIO(data)))  # noqa: E731
+    assert read(overlay_png(pixels, labels, palette, 0.0)).tolist() == [[[100] * 3, [200] * 3]]
+    assert read(overlay_png(pixels, labels, palette, 1.0)).tolist() == [[[255, 0, 0], [0, 0, 255]]]
+    assert read(overlay_png(pixels, labels, palette, 0.5))[0, 0].tolist() == [178, 50, 50]

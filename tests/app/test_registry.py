@@ -1,0 +1,133 @@
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from app.config import Device, Settings
+from app.errors import ModelNotFound, ModelNotReady
+from app.inference.registry import ModelEntry, ModelRegistry, ModelState
+from app.inference.session import (
+    CPU,
+    CUDA,
+    ProviderUnavailable,
+    create_session,
+    requested_providers,
+)
+from app.spec import SPEC_KEY
+from tests.app.tiny_models import spec_for, write_model
+
+
+def load(directory: Path, device: Device = Device.cpu, **kwargs: object) -> ModelRegistry:
+    registry = ModelRegistry(
+        Settings(model_dir=directory, device=device, intra_op_threads=1), **kwargs
+    )  # type: ignore[arg-type]
+    registry.discover()
+    registry.load_all()
+    return registry
+
+
+def states(registry: ModelRegistry) -> dict[str, tuple[str, str | None]]:
+    return {e.file: (e.state.value, e.reason) for e in registry.entries}
+
+
+def test_good_models_load_warm_and_serve(tmp_path: Path) -> None:
+    write_model(tmp_path, "threshold", "a")
+    write_model(tmp_path, "brightest", "b")
+    registry = load(tmp_path)
+    assert registry.ready and registry.loaded.is_set()
+    assert registry.get("a").providers == [CPU]
+    with pytest.raises(ModelNotFound):
+        registry.get("c")
+
+
+def test_bad_files_fail_alone_with_reasons(tmp_path: Path) -> None:
+    write_model(tmp_path, "threshold", "good")
+    write_model(tmp_path, "threshold", "x", metadata={}, file="no-metadata.onnx")
+    write_model(tmp_path, "threshold", "x", metadata={SPEC_KEY: "{not json"}, file="bad-json.onnx")
+    write_model(
+        tmp_path,
+        "threshold",
+        "x",
+        metadata={SPEC_KEY: '{"name": "Bad Name!"}'},
+        file="invalid.onnx",
+    )
+    write_model(tmp_path, "threshold", "good", file="zz-duplicate.onnx")
+    (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07this is not a protobuf model")
+    # Metadata claims 3 input channels while the graph takes 1.
+    write_model(
+        tmp_path, "threshold", "x", spec=spec_for("brightest", "mismatch"), file="mismatch.onnx"
+    )
+    registry = load(tmp_path)
+    found = states(registry)
+    assert found["good.onnx"] == ("ready", None)
+    assert not registry.ready
+    reasons = {file: reason or "" for file, (state, reason) in found.items() if state == "failed"}
+    assert set(reasons) == {
+        "no-metadata.onnx",
+        "bad-json.onnx",
+        "invalid.onnx",
+        "zz-duplicate.onnx",
+        "corrupt.onnx",
+        "mismatch.onnx",
+    }
+    assert "missing" in reasons["no-metadata.onnx"]
+    assert "not valid JSON" in reasons["bad-json.onnx"]
+    assert "already serves" in reasons["zz-duplicate.onnx"]
+    assert "channels" in reasons["mismatch.onnx"]
+    assert all(str(tmp_path) not in r for r in reasons.values())  # no paths leak to clients
+    assert registry.get("good").state is ModelState.ready
+
+
+def test_empty_and_missing_directories_are_not_ready(tmp_path: Path) -> None:
+    empty = load(tmp_path)
+    assert not empty.ready and "no *.onnx" in (empty.problem or "")
+    missing = load(tmp_path / "nope")
+    assert not missing.ready and "does not exist" in (missing.problem or "")
+
+
+def test_loading_models_answer_503() -> None:
+    registry = ModelRegistry(Settings(model_dir=Path("/nonexistent")))
+    registry.entries = [ModelEntry("a.onnx")]  # discovered, not loaded yet
+    with pytest.raises(ModelNotReady):
+        registry.get("a")
+
+
+def test_requested_providers() -> None:
+    assert requested_providers(Device.cpu, [CUDA, CPU]) == [CPU]
+    assert requested_providers(Device.auto, [CPU]) == [CPU]
+    assert requested_providers(Device.auto, [CUDA, CPU]) == [CUDA, CPU]
+    assert requested_providers(Device.cuda, [CPU]) == [CUDA, CPU]
+
+
+class FakeSession:
+    """Stands in for a session that silently fell back to (or really got) some providers."""
+
+    def __init__(self, providers: list[str]) -> None:
+        self.providers = providers
+
+    def get_providers(self) -> list[str]:
+        return self.providers
+
+
+def test_cuda_required_but_silently_on_cpu_is_an_error(tmp_path: Path) -> None:
+    fallback = lambda path, options, providers: FakeSession([CPU])  # noqa: E731
+    with pytest.raises(ProviderUnavailable, match="runs on CPUExecutionProvider"):
+        create_session(tmp_path / "m.onnx", Device.cuda, 1, fallback, lambda: [CUDA, CPU])  # type: ignore[arg-type]
+    _, active = create_session(tmp_path / "m.onnx", Device.auto, 1, fallback, lambda: [CUDA, CPU])  # type: ignore[arg-type]
+    assert active == [CPU]
+    real_gpu = lambda path, options, providers: FakeSession([CUDA, CPU])  # noqa: E731
+    _, active = create_session(tmp_path / "m.onnx", Device.cuda, 1, real_gpu, lambda: [CUDA, CPU])  # type: ignore[arg-type]
+    assert active == [CUDA, CPU]
+
+
+def test_registry_marks_model_failed_when_cuda_is_required(tmp_path: Path) -> None:
+    write_model(tmp_path, "threshold", "a")
+
+    def cpu_only(
+        path: str, options: ort.SessionOptions, providers: list[str]
+    ) -> ort.InferenceSession:
+        return ort.InferenceSession(path, options, providers=[CPU])  # what a GPU-less host gives
+
+    registry = load(tmp_path, Device.cuda, factory=cpu_only)
+    ((state, reason),) = states(registry).values()
+    assert state == "failed" and "SEG_DEVICE=cuda" in (reason or "")
