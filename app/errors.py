@@ -28,6 +28,10 @@ class ProblemError(Exception):
         self.headers = headers or {}
 
 
+class BadInferenceRequest(ProblemError):
+    status, slug = 400, "bad-inference-request"
+
+
 class InvalidImage(ProblemError):
     status, slug = 400, "invalid-image"
 
@@ -52,9 +56,15 @@ class ModelNotReady(ProblemError):
     status, slug = 503, "model-not-ready"
 
 
+V2_PREFIX = "/v2"
+
+
 def problem(
     status: int, detail: str, slug: str | None = None, request: Request | None = None, **extra: Any
 ) -> JSONResponse:
+    if request is not None and request.url.path.startswith(V2_PREFIX):
+        # The Open Inference Protocol has its own error shape.
+        return JSONResponse({"error": detail}, status_code=status)
     title = HTTPStatus(status).phrase
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + (slug or title.lower().replace(" ", "-")),

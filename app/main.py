@@ -11,15 +11,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api.routes import health, metrics, models, segment
+from app.api.routes import health, metrics, models, segment, v2
 from app.config import Settings
 from app.errors import install_error_handlers
 from app.inference.registry import ModelRegistry
 from app.inference.session import SessionFactory, _ort_session
+from app.main_info import SERVER_NAME, VERSION
 from app.observability import Metrics, RequestContextMiddleware, configure_logging
 
 log = logging.getLogger("segserve")
-VERSION = "0.1.0"
 
 
 def create_app(
@@ -54,7 +54,7 @@ def create_app(
             executor.shutdown(wait=True, cancel_futures=False)
 
     app = FastAPI(
-        title="segserve",
+        title=SERVER_NAME,
         version=VERSION,
         summary="Semantic segmentation over HTTP: U-Net and dilated networks on onnxruntime.",
         lifespan=lifespan,
@@ -68,6 +68,6 @@ def create_app(
         metrics=app_metrics,
         known_models=lambda: {e.name for e in registry.served()},
     )
-    for module in (health, models, segment, metrics):
+    for module in (health, models, segment, metrics, v2):
         app.include_router(module.router)
     return app

@@ -16,6 +16,7 @@ from app.spec import ModelSpec
 class Segmentation:
     labels: np.ndarray  # (H, W) uint8 class indices at the input's resolution
     timings_ms: dict[str, float] = field(default_factory=dict)
+    probabilities: np.ndarray | None = None  # (K, H, W) float32 softmax, when asked for
 
 
 def mirror_pad(x: np.ndarray, bottom: int, right: int) -> np.ndarray:
@@ -38,7 +39,14 @@ def preprocess(pixels: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return mirror_pad(x, (-h) % m, (-w) % m)[None]
 
 
-def segment(model: ModelEntry, pixels: np.ndarray) -> Segmentation:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the class axis (0) of (K, H, W) logits."""
+    shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
+    probabilities: np.ndarray = (shifted / shifted.sum(axis=0, keepdims=True)).astype(np.float32)
+    return probabilities
+
+
+def segment(model: ModelEntry, pixels: np.ndarray, probabilities: bool = False) -> Segmentation:
     """Class map for one decoded image; uses the graph's argmax output when it has one."""
     assert model.spec is not None and model.session is not None
     spec = model.spec
@@ -46,14 +54,18 @@ def segment(model: ModelEntry, pixels: np.ndarray) -> Segmentation:
     started = time.perf_counter()
     x = preprocess(pixels, spec)
     prepared = time.perf_counter()
-    if spec.labels_output:
+    probs = None
+    if spec.labels_output and not probabilities:
         (out,) = model.session.run([spec.labels_output], {spec.input_name: x})
         labels = out[0, :h, :w]
     else:
         (logits,) = model.session.run([spec.logits_output], {spec.input_name: x})
         labels = logits[0, :, :h, :w].argmax(0)
+        if probabilities:
+            probs = softmax(logits[0, :, :h, :w])
     done = time.perf_counter()
     return Segmentation(
         np.ascontiguousarray(labels, dtype=np.uint8),
         {"preprocess": (prepared - started) * 1000, "inference": (done - prepared) * 1000},
+        probs,
     )

@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -45,3 +52,49 @@ def png_bytes(pixels: np.ndarray, mode: str | None = None, **save: object) -> by
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode).save(buffer, format="PNG", **save)
     return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_server(model_dir: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`python -m app.cli serve` on a free port; yields (base URL, process) once ready."""
+    port = free_port()
+    environment = {**os.environ, "SEG_INTRA_OP_THREADS": "1", "SEG_DEVICE": "cpu", **env}
+    command = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--model-dir",
+        str(model_dir),
+    ]
+    process = subprocess.Popen(
+        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server never became ready"
+            time.sleep(0.2)
+        yield base, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -251,6 +251,9 @@ def test_readiness_is_503_while_a_model_failed(tmp_path: object) -> None:
         assert report.status_code == 503
         failed = [m for m in report.json()["models"] if m["state"] == "failed"]
         assert [m["file"] for m in failed] == ["broken.onnx"] and failed[0]["reason"]
+        # The Open Inference Protocol's readiness means the same thing.
+        assert c.get("/v2/health/ready").status_code == 503
+        assert c.get("/v2/models/ok/ready").status_code == 200
         assert (
             c.post(
                 "/v1/models/ok/segment", content=png_bytes(grey_pattern(4, 4)), headers=PNG
