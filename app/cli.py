@@ -42,6 +42,26 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when the local service answers 200 on /health/ready: the container HEALTHCHECK.
+
+    The port comes from the same settings as `serve`, so a changed SEG_PORT needs no second edit
+    (an exec-form HEALTHCHECK cannot expand environment variables).
+    """
+    import urllib.error
+    import urllib.request
+
+    settings = Settings()
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = f"http://{host}:{args.port or settings.port}/health/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            return 0 if response.status == 200 else 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"segserve healthcheck: {url}: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segserve", description="Semantic segmentation service.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--workers", type=int, help="inferences at once (SEG_WORKERS)")
     serve.set_defaults(handler=_serve)
+    check = commands.add_parser("healthcheck", help="exit 0 if the local service is ready")
+    check.add_argument("--port", type=int, help="TCP port (default: SEG_PORT)")
+    check.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
+    check.set_defaults(handler=_healthcheck)
     return parser
 
 
