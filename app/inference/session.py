@@ -43,9 +43,30 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
 SessionFactory = Callable[[str, ort.SessionOptions, list[str]], ort.InferenceSession]
 
 
+_cuda_libraries_loaded = False
+
+
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries of the `nvidia-*` wheels (onnxruntime-gpu's `cuda`
+    and `cudnn` extras) so that the CUDA provider finds them without LD_LIBRARY_PATH.
+    Missing libraries are not an error here: the provider check after session creation
+    reports what the session really got."""
+    global _cuda_libraries_loaded
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21 only
+    if _cuda_libraries_loaded or preload is None:
+        return
+    _cuda_libraries_loaded = True
+    try:
+        preload(directory="")  # "": the nvidia site packages first, then the default paths
+    except Exception as exc:  # best effort: the provider check after creation decides
+        log.info("could not preload CUDA libraries: %s", exc)
+
+
 def _ort_session(
     path: str, options: ort.SessionOptions, providers: list[str]
 ) -> ort.InferenceSession:
+    if CUDA in providers:
+        _preload_cuda_libraries()
     return ort.InferenceSession(path, options, providers=providers)
 
 
