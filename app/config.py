@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     max_pixels: int = Field(
         8192 * 8192, ge=1, description="Largest declared image width x height (413 above)."
     )
+    samples_dir: Path | None = Field(
+        None,
+        description="Folder of sample images named <model>.png|jpg|tif the web page offers.",
+    )
     log_level: str = Field(
         "info", pattern="^(critical|error|warning|info|debug)$", description="Log level."
     )

@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
-from app.api.routes import health, metrics, models, segment, v2
+from app.api.routes import health, metrics, models, segment, v2, web
 from app.config import Settings
 from app.errors import install_error_handlers
 from app.inference.registry import ModelRegistry
@@ -68,6 +69,7 @@ def create_app(
         metrics=app_metrics,
         known_models=lambda: {e.name for e in registry.served()},
     )
-    for module in (health, models, segment, metrics, v2):
+    for module in (health, models, segment, metrics, v2, web):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     return app

@@ -12,6 +12,13 @@ if .venv/bin/python -m pip show --quiet onnxruntime >/dev/null 2>&1; then
   echo "error: plain onnxruntime is installed next to onnxruntime-gpu" >&2
   exit 1
 fi
+# Browser tests drive Debian's chromium (Playwright cannot download a browser here).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing Debian's chromium for the browser tests"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } \
+    || echo "warning: could not install chromium; browser tests will be skipped" >&2
+fi
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

@@ -1,0 +1,207 @@
+// segserve web page: vanilla JS, no dependencies. Talks to the same API as any client:
+// GET /v1/models, GET /v1/samples, POST /v1/models/{name}/segment?format=json|png.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { models: new Map(), file: null, json: null };
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+async function problemMessage(response) {
+  // Errors come as application/problem+json: show its title and detail.
+  try {
+    const body = await response.json();
+    if (body.title || body.detail) return `${body.title || response.status}: ${body.detail || ""}`;
+  } catch (_) { /* not JSON */ }
+  return `HTTP ${response.status} ${response.statusText}`;
+}
+
+async function loadModels() {
+  const response = await fetch("/v1/models");
+  if (!response.ok) { showError(await problemMessage(response)); return; }
+  const select = $("model");
+  for (const model of (await response.json()).models) {
+    state.models.set(model.spec.name, model);
+    const option = document.createElement("option");
+    option.value = model.spec.name;
+    option.textContent = `${model.spec.name} ${model.spec.version}` + (model.state === "ready" ? "" : ` (${model.state})`);
+    option.disabled = model.state !== "ready";
+    select.append(option);
+  }
+  select.addEventListener("change", describeModel);
+  describeModel();
+  const samples = await fetch("/v1/samples");
+  if (samples.ok) {
+    for (const name of (await samples.json()).models) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = `Try a sample (${name})`;
+      button.dataset.model = name;
+      button.addEventListener("click", () => trySample(name));
+      $("samples").append(button);
+    }
+  }
+}
+
+function describeModel() {
+  const model = state.models.get($("model").value);
+  $("model-info").textContent = model
+    ? `${model.spec.classes.length} classes, ${model.spec.input_channels === 1 ? "grey" : "RGB"} input, on ${model.providers.join(", ") || "-"}`
+    : "no model is served";
+}
+
+async function trySample(name) {
+  $("model").value = name;
+  describeModel();
+  const response = await fetch(`/v1/samples/${encodeURIComponent(name)}`);
+  if (!response.ok) { showError(await problemMessage(response)); return; }
+  const blob = await response.blob();
+  await segment(new File([blob], `${name}-sample`, { type: blob.type }));
+}
+
+function decodeRle(counts, width, height) {
+  const labels = new Uint8Array(width * height);
+  let at = 0;
+  for (let i = 0; i < counts.length; i += 2) {
+    labels.fill(counts[i], at, at + counts[i + 1]);
+    at += counts[i + 1];
+  }
+  return labels;
+}
+
+function paint(canvas, width, height, draw) {
+  canvas.width = width;
+  canvas.height = height;
+  draw(canvas.getContext("2d"));
+}
+
+async function segment(file) {
+  showError("");
+  const name = $("model").value;
+  if (!name) { showError("No model is ready to segment with."); return; }
+  state.file = file;
+  $("status").textContent = `Segmenting ${file.name} with ${name}...`;
+  const started = performance.now();
+  let response;
+  try {
+    response = await fetch(`/v1/models/${encodeURIComponent(name)}/segment?format=json&encoding=rle`, {
+      method: "POST",
+      headers: { "content-type": file.type || "application/octet-stream" },
+      body: file,
+    });
+  } catch (error) {
+    showError(`The service did not answer: ${error}`);
+    $("status").textContent = "";
+    return;
+  }
+  if (!response.ok) {
+    showError(await problemMessage(response));
+    $("status").textContent = "";
+    $("result").hidden = true;
+    return;
+  }
+  const json = await response.json();
+  state.json = json;
+  const roundTrip = performance.now() - started;
+  await render(file, json);
+  const inference = json.timings_ms.inference;
+  $("timing").textContent = `inference ${inference.toFixed(1)} ms, round trip ${roundTrip.toFixed(0)} ms, on ${json.providers.join(", ")}`;
+  $("status").textContent = `${file.name}: ${json.width} x ${json.height} px`;
+}
+
+async function render(file, json) {
+  const { width, height } = json;
+  const palette = state.models.get(json.model.name).spec.palette;
+  const labels = decodeRle(json.class_map.counts, width, height);
+  const pixels = new ImageData(width, height);
+  for (let i = 0; i < labels.length; i++) {
+    const [r, g, b] = palette[labels[i]];
+    pixels.data.set([r, g, b, 255], i * 4);
+  }
+  paint($("classmap"), width, height, (ctx) => ctx.putImageData(pixels, 0, 0));
+  paint($("overlay"), width, height, (ctx) => ctx.putImageData(pixels, 0, 0));
+  // The browser may not decode every format the service takes (TIFF): the input panel then
+  // stays empty, the class map still shows.
+  try {
+    const bitmap = await createImageBitmap(file);
+    for (const id of ["input", "overlay-base"]) {
+      paint($(id), width, height, (ctx) => ctx.drawImage(bitmap, 0, 0, width, height));
+    }
+  } catch (_) {
+    for (const id of ["input", "overlay-base"]) paint($(id), width, height, () => {});
+  }
+  setOpacity();
+  const body = $("legend").querySelector("tbody");
+  body.replaceChildren();
+  for (const stat of json.stats) {
+    const row = body.insertRow();
+    const [r, g, b] = palette[stat.index];
+    row.insertCell().innerHTML = `<span class="swatch" style="background: rgb(${r}, ${g}, ${b})"></span>`;
+    row.insertCell().textContent = stat.name;
+    const pixelsCell = row.insertCell();
+    pixelsCell.className = "num";
+    pixelsCell.textContent = stat.pixels.toLocaleString("en");
+    const share = row.insertCell();
+    share.className = "num";
+    share.textContent = `${(100 * stat.fraction).toFixed(1)} %`;
+  }
+  $("result").hidden = false;
+  $("result").dataset.model = json.model.name;
+}
+
+function setOpacity() {
+  $("overlay").style.opacity = $("opacity").value / 100;
+}
+
+function download(blob, name) {
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = name;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+}
+
+async function downloadPng() {
+  if (!state.file || !state.json) return;
+  const name = state.json.model.name;
+  const response = await fetch(`/v1/models/${encodeURIComponent(name)}/segment?format=png`, {
+    method: "POST",
+    headers: { "content-type": state.file.type || "application/octet-stream" },
+    body: state.file,
+  });
+  if (!response.ok) { showError(await problemMessage(response)); return; }
+  download(await response.blob(), `${state.file.name.replace(/\.[^.]*$/, "")}.${name}.png`);
+}
+
+function downloadJson() {
+  if (!state.json) return;
+  const blob = new Blob([JSON.stringify(state.json)], { type: "application/json" });
+  download(blob, `${state.file.name.replace(/\.[^.]*$/, "")}.${state.json.model.name}.json`);
+}
+
+function wireDropZone() {
+  const drop = $("drop");
+  $("file").addEventListener("change", (event) => {
+    if (event.target.files.length) segment(event.target.files[0]);
+    event.target.value = "";
+  });
+  drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    if (event.dataTransfer.files.length) segment(event.dataTransfer.files[0]);
+  });
+}
+
+window.addEventListener("DOMContentLoaded", () => {
+  wireDropZone();
+  $("opacity").addEventListener("input", setOpacity);
+  $("download-png").addEventListener("click", downloadPng);
+  $("download-json").addEventListener("click", downloadJson);
+  loadModels().catch((error) => showError(`Could not list the models: ${error}`));
+});

@@ -1,0 +1,105 @@
+"""The web page at `/` in a real browser: Playwright driving Debian's headless chromium
+against the real server process. A screenshot lands in artifacts/web-page.png."""
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from tests.app.conftest import png_bytes, running_server
+from tests.app.test_api import grey_pattern
+
+ROOT = Path(__file__).resolve().parents[2]
+ISBI_SLICE = ROOT.parent / "shared" / "datasets" / "isbi2012" / "images" / "22.png"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = ROOT / "artifacts"
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
+)
+
+
+@pytest.fixture
+def page(model_dir: Path, tmp_path: Path) -> Iterator[tuple[str, Page]]:
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    (samples / "tiny-grey.png").write_bytes(png_bytes(grey_pattern(64, 80)))
+    with (
+        running_server(model_dir, SEG_SAMPLES_DIR=str(samples)) as (base, _),
+        sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            tab = browser.new_page(viewport={"width": 1280, "height": 900})
+            tab.goto(base)
+            yield base, tab
+        finally:
+            browser.close()
+
+
+def class_map_colours(tab: Page) -> list[list[int]]:
+    """The distinct RGB colours drawn on the class-map canvas."""
+    colours: list[list[int]] = tab.evaluate(
+        """() => {
+            const canvas = document.getElementById("classmap");
+            const context = canvas.getContext("2d");
+            const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+            const seen = new Map();
+            for (let i = 0; i < data.length; i += 4) {
+                seen.set(`${data[i]},${data[i + 1]},${data[i + 2]}`, 1);
+            }
+            return [...seen.keys()].map((k) => k.split(",").map(Number));
+        }"""
+    )
+    return sorted(colours)
+
+
+def test_upload_shows_map_overlay_legend_timing_and_provider(
+    page: tuple[str, Page], tmp_path: Path
+) -> None:
+    _, tab = page
+    upload = tmp_path / "upload.png"
+    if ISBI_SLICE.is_file():
+        upload.write_bytes(ISBI_SLICE.read_bytes())  # a real EM slice, grey like tiny-grey wants
+    else:
+        upload.write_bytes(png_bytes(grey_pattern(96, 128)))
+    tab.select_option("#model", "tiny-grey")
+    tab.set_input_files("#file", str(upload))
+    tab.wait_for_selector("#result:not([hidden])")
+    legend = tab.inner_text("#legend tbody")
+    assert "bright" in legend and "dark" in legend and "%" in legend
+    # Both classes of the threshold model are on the map, in the model's palette colours.
+    assert class_map_colours(tab) == [[0, 0, 255], [255, 255, 0]]
+    timing = tab.inner_text("#timing")
+    assert "inference" in timing and "CPUExecutionProvider" in timing
+    tab.fill("#opacity", "80")
+    opacity = tab.eval_on_selector("#overlay", "c => c.style.opacity")
+    assert float(opacity) == pytest.approx(0.8)
+    with tab.expect_download() as download:
+        tab.click("#download-png")
+    assert download.value.suggested_filename == "upload.tiny-grey.png"
+    ARTIFACTS.mkdir(exist_ok=True)
+    tab.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
+
+
+def test_error_from_the_service_is_shown(page: tuple[str, Page], tmp_path: Path) -> None:
+    _, tab = page
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"plain text posing as a png")
+    tab.set_input_files("#file", str(bad))
+    tab.wait_for_selector("#error:not([hidden])")
+    message = tab.inner_text("#error")
+    assert message.startswith("Bad Request:") and "image" in message.lower()
+    assert tab.is_hidden("#result")
+
+
+def test_sample_button_segments_with_one_click(page: tuple[str, Page]) -> None:
+    _, tab = page
+    tab.click("text=Try a sample (tiny-grey)")
+    tab.wait_for_selector("#result:not([hidden])")
+    assert tab.get_attribute("#result", "data-model") == "tiny-grey"
+    assert len(class_map_colours(tab)) == 2
