@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from app.client import add_client_commands
 from app.config import Device, Settings
 
 
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--port", type=int, help="TCP port (default: SEG_PORT)")
     check.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
     check.set_defaults(handler=_healthcheck)
+    add_client_commands(commands)
     return parser
 
 
