@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     max_pixels: int = Field(
         8192 * 8192, ge=1, description="Largest declared image width x height (413 above)."
     )
+    whole_image_max_pixels: int = Field(
+        2048 * 2048,
+        ge=1,
+        description="Images up to this many pixels run in one pass; larger ones are tiled.",
+    )
     samples_dir: Path | None = Field(
         None,
         description="Folder of sample images named <model>.png|jpg|tif the web page offers.",

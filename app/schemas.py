@@ -59,4 +59,5 @@ class SegmentationResponse(BaseModel):
     )
     stats: list[ClassStat]
     providers: list[str]
+    tiles: int = Field(1, description="Session inputs the image was cut into (1: one pass).")
     timings_ms: dict[str, float]

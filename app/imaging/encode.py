@@ -22,6 +22,13 @@ def palette_png(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> byte
     return buffer.getvalue()
 
 
+def grey_png(values: np.ndarray) -> bytes:
+    """8-bit greyscale PNG of a (H, W) uint8 map (e.g. confidence, 255 = certain)."""
+    buffer = io.BytesIO()
+    Image.fromarray(values.astype(np.uint8), mode="L").save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
 def run_length(labels: np.ndarray) -> list[int]:
     """Row-major runs as a flat list [class, count, class, count, ...]."""
     flat = labels.ravel()

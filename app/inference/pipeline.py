@@ -17,6 +17,8 @@ class Segmentation:
     labels: np.ndarray  # (H, W) uint8 class indices at the input's resolution
     timings_ms: dict[str, float] = field(default_factory=dict)
     probabilities: np.ndarray | None = None  # (K, H, W) float32 softmax, when asked for
+    confidence: np.ndarray | None = None  # (H, W) uint8: top-class probability x 255
+    tiles: int = 1  # session inputs the image was cut into
 
 
 def mirror_pad(x: np.ndarray, bottom: int, right: int) -> np.ndarray:
@@ -39,33 +41,71 @@ def preprocess(pixels: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return mirror_pad(x, (-h) % m, (-w) % m)[None]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the class axis (0) of (K, H, W) logits."""
-    shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
-    probabilities: np.ndarray = (shifted / shifted.sum(axis=0, keepdims=True)).astype(np.float32)
+def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Softmax over the class axis of logits ((K, H, W): 0; (N, K, H, W): 1)."""
+    shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    probabilities: np.ndarray = (shifted / shifted.sum(axis=axis, keepdims=True)).astype(np.float32)
     return probabilities
 
 
-def segment(model: ModelEntry, pixels: np.ndarray, probabilities: bool = False) -> Segmentation:
-    """Class map for one decoded image; uses the graph's argmax output when it has one."""
+def run_probabilities(model: ModelEntry, x: np.ndarray, tta: bool = False) -> np.ndarray:
+    """Softmax (N, K, H, W) for a preprocessed batch. With `tta`, the average over the 8
+    flips and 90-degree rotations of the input (the U-Net paper's test-time augmentation),
+    each mapped back before averaging."""
+    assert model.spec is not None and model.session is not None
+    spec, session = model.spec, model.session
+
+    def probabilities(batch: np.ndarray) -> np.ndarray:
+        (logits,) = session.run([spec.logits_output], {spec.input_name: batch})
+        return softmax(logits, axis=1)
+
+    if not tta:
+        return probabilities(x)
+    total = np.zeros((x.shape[0], spec.num_classes, *x.shape[2:]), np.float32)
+    for flip in (False, True):
+        flipped = x[..., ::-1] if flip else x
+        for turns in range(4):
+            view = np.ascontiguousarray(np.rot90(flipped, turns, axes=(2, 3)))
+            back = np.rot90(probabilities(view), -turns, axes=(2, 3))
+            total += back[..., ::-1] if flip else back
+    total /= 8
+    return total
+
+
+def confidence_map(probabilities: np.ndarray) -> np.ndarray:
+    """Top-class probability (K, H, W) -> (H, W) uint8, 255 = certain."""
+    top = probabilities.max(axis=0)
+    return np.asarray(np.rint(top * 255), dtype=np.uint8)
+
+
+def segment(
+    model: ModelEntry,
+    pixels: np.ndarray,
+    probabilities: bool = False,
+    confidence: bool = False,
+    tta: bool = False,
+) -> Segmentation:
+    """Class map for one decoded image in one pass; uses the graph's argmax output when
+    nothing else is asked for (no float logits leave the session then)."""
     assert model.spec is not None and model.session is not None
     spec = model.spec
     h, w = pixels.shape[:2]
     started = time.perf_counter()
     x = preprocess(pixels, spec)
     prepared = time.perf_counter()
-    probs = None
-    if spec.labels_output and not probabilities:
+    probs = confidences = None
+    if spec.labels_output and not (probabilities or confidence or tta):
         (out,) = model.session.run([spec.labels_output], {spec.input_name: x})
         labels = out[0, :h, :w]
     else:
-        (logits,) = model.session.run([spec.logits_output], {spec.input_name: x})
-        labels = logits[0, :, :h, :w].argmax(0)
-        if probabilities:
-            probs = softmax(logits[0, :, :h, :w])
+        full = run_probabilities(model, x, tta)[0, :, :h, :w]
+        labels = full.argmax(0)
+        probs = np.ascontiguousarray(full) if probabilities else None
+        confidences = confidence_map(full) if confidence else None
     done = time.perf_counter()
     return Segmentation(
         np.ascontiguousarray(labels, dtype=np.uint8),
         {"preprocess": (prepared - started) * 1000, "inference": (done - prepared) * 1000},
         probs,
+        confidences,
     )

@@ -4,6 +4,9 @@
 so class 0 ("bright") wherever the 8-bit value is above 127.5 and class 1 elsewhere.
 `brightest` (3 channels, 3 classes): logits = the normalised channels, so the class is
 the index of the brightest RGB channel.
+`box` (1 channel, 2 classes): like `threshold` on the 3x3 neighbourhood sum (zero padding
+at the borders), the smallest model whose output depends on context: tiling must get it
+right at the seams.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from app.spec import ModelSpec
 
 
 def spec_for(kind: str, name: str, size_multiple: int = 1, **overrides: object) -> ModelSpec:
-    if kind == "threshold":
+    if kind in ("threshold", "box"):
         fields: dict[str, object] = dict(
             classes=["bright", "dark"],
             palette=[(255, 255, 0), (0, 0, 255)],
@@ -42,6 +45,8 @@ def spec_for(kind: str, name: str, size_multiple: int = 1, **overrides: object) 
 def build_graph(kind: str, channels_in_graph: int | None = None) -> onnx.ModelProto:
     if kind == "threshold":
         weight = np.array([1.0, -1.0], np.float32).reshape(2, 1, 1, 1)
+    elif kind == "box":
+        weight = np.stack([np.ones((1, 3, 3)), -np.ones((1, 3, 3))]).astype(np.float32)
     else:
         weight = np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1)
     classes, channels = weight.shape[:2]
@@ -55,7 +60,7 @@ def build_graph(kind: str, channels_in_graph: int | None = None) -> onnx.ModelPr
         "labels", TensorProto.INT64, ["batch", "height", "width"]
     )
     nodes = [
-        helper.make_node("Conv", ["image", "w"], ["logits"]),
+        helper.make_node("Conv", ["image", "w"], ["logits"], pads=[weight.shape[2] // 2] * 4),
         helper.make_node("ArgMax", ["logits"], ["labels"], axis=1, keepdims=0),
     ]
     graph = helper.make_graph(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -14,16 +15,18 @@ from app.imaging.encode import (
     MAX_LIST_PIXELS,
     class_map_json,
     class_stats,
+    grey_png,
     overlay_png,
     palette_png,
 )
-from app.inference.pipeline import segment
+from app.inference.pipeline import Segmentation, segment
 from app.inference.registry import ModelEntry
+from app.inference.tiling import Tiling, choose_plan, segment_tiled
 from app.schemas import ClassStat, ModelRef, SegmentationResponse
 
 router = APIRouter(prefix="/v1/models", tags=["segmentation"])
 
-OutputFormat = Literal["png", "json", "overlay"]
+OutputFormat = Literal["png", "json", "overlay", "confidence"]
 PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 REQUEST_BODY = {
@@ -77,28 +80,61 @@ def choose_format(query: OutputFormat | None, accept: str | None) -> OutputForma
     raise NotAcceptable("this endpoint answers image/png or application/json (or use ?format=)")
 
 
+@dataclass(frozen=True)
+class Options:
+    fmt: OutputFormat
+    alpha: float
+    encoding: str
+    tiling: Tiling
+    tile_size: int | None
+    tile_overlap: int | None
+    tta: bool
+
+
+def _run(model: ModelEntry, pixels: Any, options: Options, whole_image_max: int) -> Segmentation:
+    assert model.spec is not None
+    height, width = pixels.shape[:2]
+    plan = choose_plan(
+        model.spec, height, width, whole_image_max,
+        options.tiling, options.tile_size, options.tile_overlap,
+    )  # fmt: skip
+    confidence = options.fmt == "confidence"
+    if plan is None:
+        return segment(model, pixels, confidence=confidence, tta=options.tta)
+    return segment_tiled(model, pixels, plan, confidence=confidence, tta=options.tta)
+
+
 def _render(
-    model: ModelEntry, data: bytes, max_pixels: int, fmt: OutputFormat, alpha: float, encoding: str
-) -> tuple[bytes, str, dict[str, float]]:
+    model: ModelEntry, data: bytes, max_pixels: int, whole_image_max: int, options: Options
+) -> tuple[bytes, str, dict[str, float], int]:
     """Decode, segment, encode: all CPU work, run in the inference executor."""
     assert model.spec is not None
     spec = model.spec
+    fmt = options.fmt
     started = time.perf_counter()
     image = decode_image(data, max_pixels)
-    if fmt == "json" and encoding == "list" and image.width * image.height > MAX_LIST_PIXELS:
+    if (
+        fmt == "json"
+        and options.encoding == "list"
+        and image.width * image.height > MAX_LIST_PIXELS
+    ):
         raise InvalidParameter(
             f"encoding=list is limited to {MAX_LIST_PIXELS} pixels; use encoding=rle"
         )
     decoded = time.perf_counter()
-    result = segment(model, image.pixels)
+    result = _run(model, image.pixels, options, whole_image_max)
     segmented = time.perf_counter()
     timings = {"decode": (decoded - started) * 1000, **result.timings_ms}
     if fmt == "png":
         body, media = palette_png(result.labels, spec.palette), "image/png"
+    elif fmt == "confidence":
+        assert result.confidence is not None
+        body, media = grey_png(result.confidence), "image/png"
     elif fmt == "overlay":
-        body, media = overlay_png(image.pixels, result.labels, spec.palette, alpha), "image/png"
+        overlay = overlay_png(image.pixels, result.labels, spec.palette, options.alpha)
+        body, media = overlay, "image/png"
     else:
-        class_map = class_map_json(result.labels, encoding)
+        class_map = class_map_json(result.labels, options.encoding)
         stats = [ClassStat(**s) for s in class_stats(result.labels, spec.classes)]
         timings["encode"] = (time.perf_counter() - segmented) * 1000
         payload = SegmentationResponse(
@@ -109,11 +145,12 @@ def _render(
             class_map=class_map,
             stats=stats,
             providers=model.providers,
+            tiles=result.tiles,
             timings_ms={k: round(v, 3) for k, v in timings.items()},
         )
-        return payload.model_dump_json().encode(), "application/json", timings
+        return payload.model_dump_json().encode(), "application/json", timings, result.tiles
     timings["encode"] = (time.perf_counter() - segmented) * 1000
-    return body, media, timings
+    return body, media, timings, result.tiles
 
 
 @router.post(
@@ -151,19 +188,42 @@ async def segment_image(
     executor: ExecutorDep,
     metrics: MetricsDep,
     name: Annotated[str, Path(description="Model name", examples=["unet-isbi"])],
-    format: Annotated[OutputFormat | None, Query(description="png, json or overlay")] = None,
+    format: Annotated[
+        OutputFormat | None, Query(description="png, json, overlay or confidence")
+    ] = None,
     alpha: Annotated[float, Query(ge=0.0, le=1.0, description="Overlay opacity")] = 0.5,
     encoding: Annotated[
         Literal["rle", "list"], Query(description="JSON class-map encoding")
     ] = "rle",
+    tiling: Annotated[
+        Tiling,
+        Query(description="auto: overlap-tile above SEG_WHOLE_IMAGE_MAX_PIXELS; on; off"),
+    ] = "auto",
+    tile_size: Annotated[
+        int | None, Query(ge=64, le=2048, description="Tile side (default: the model's)")
+    ] = None,
+    tile_overlap: Annotated[
+        int | None, Query(ge=0, le=512, description="Context pixels per tile side")
+    ] = None,
+    tta: Annotated[
+        bool, Query(description="Average over the 8 flips/rotations (8x the compute)")
+    ] = False,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
-    fmt = choose_format(format, accept)
+    options = Options(
+        choose_format(format, accept), alpha, encoding, tiling, tile_size, tile_overlap, tta
+    )
     model = registry.get(name)
     data = await read_image_bytes(request, settings.max_upload_bytes)
     loop = asyncio.get_running_loop()
-    body, media, timings = await loop.run_in_executor(
-        executor, _render, model, data, settings.max_pixels, fmt, alpha, encoding
+    body, media, timings, tiles = await loop.run_in_executor(
+        executor,
+        _render,
+        model,
+        data,
+        settings.max_pixels,
+        settings.whole_image_max_pixels,
+        options,
     )
     assert model.spec is not None
     metrics.inference.labels(model.spec.name).observe(timings["inference"] / 1000)
@@ -174,6 +234,7 @@ async def segment_image(
             "X-Model-Name": model.spec.name,
             "X-Model-Version": model.spec.version,
             "X-Inference-Time-Ms": f"{timings['inference']:.2f}",
+            "X-Tiles": str(tiles),
             "Server-Timing": ", ".join(f"{k};dur={v:.2f}" for k, v in timings.items()),
         },
     )

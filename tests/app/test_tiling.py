@@ -1,0 +1,135 @@
+"""Overlap-tile inference: seam-free stitching, mirror padding, plans and the HTTP options."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.config import Device, Settings
+from app.errors import InvalidParameter
+from app.inference.pipeline import segment
+from app.inference.registry import ModelRegistry
+from app.inference.tiling import TilePlan, choose_plan, mirror_pad_hwc, segment_tiled
+from app.main import create_app
+from tests.app.conftest import png_bytes, wait_ready
+from tests.app.tiny_models import spec_for, write_model
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
+    folder = tmp_path_factory.mktemp("tiling-models")
+    write_model(folder, "box", "tiny-box")
+    write_model(folder, "brightest", "tiny-rgb")
+    registry = ModelRegistry(Settings(model_dir=folder, device=Device.cpu, intra_op_threads=1))
+    registry.discover()
+    registry.load_all()
+    return registry
+
+
+def entry(registry: ModelRegistry, name: str):  # type: ignore[no-untyped-def]
+    (model,) = [e for e in registry.served() if e.name == name]
+    return model
+
+
+def noise(height: int, width: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, channels), np.uint8)
+    return pixels[..., 0] if channels == 1 else pixels
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 37), (50, 1), (63, 64), (200, 131), (97, 300)])
+@pytest.mark.parametrize("plan", [TilePlan(32, 8), TilePlan(48, 4, batch=3)])
+def test_pixelwise_model_tiled_equals_whole(
+    registry: ModelRegistry, shape: tuple[int, int], plan: TilePlan
+) -> None:
+    model = entry(registry, "tiny-rgb")
+    pixels = noise(*shape, channels=3)
+    tiled = segment_tiled(model, pixels, plan)
+    assert np.array_equal(tiled.labels, segment(model, pixels).labels)
+    assert tiled.tiles == len(plan.grid(*shape))
+
+
+def test_context_model_is_seam_free_with_overlap_and_not_without(registry: ModelRegistry) -> None:
+    model = entry(registry, "tiny-box")
+    pixels = noise(150, 170)
+    whole = segment(model, pixels).labels
+    with_overlap = segment_tiled(model, pixels, TilePlan(40, 4)).labels
+    without = segment_tiled(model, pixels, TilePlan(40, 0)).labels
+    inner = (slice(1, -1), slice(1, -1))  # borders: mirror padding (tiles) vs zeros (graph)
+    assert np.array_equal(with_overlap[inner], whole[inner])
+    assert not np.array_equal(without[inner], whole[inner])  # seams without context
+
+
+def test_image_borders_use_mirror_padding(registry: ModelRegistry) -> None:
+    model = entry(registry, "tiny-box")
+    pixels = noise(30, 30, seed=3)
+    tiled = segment_tiled(model, pixels, TilePlan(16, 4)).labels
+    mirrored = np.pad(pixels, 1, mode="reflect")
+    window = mirrored[0:3, 0:3].astype(np.float64) / 127.5 - 1  # the model's normalisation
+    assert tiled[0, 0] == (0 if window.sum() > 0 else 1)
+
+
+def test_mirror_pad_repeats_reflection_for_pads_wider_than_the_image() -> None:
+    pixels = np.arange(3, dtype=np.uint8).reshape(1, 3, 1)
+    padded = mirror_pad_hwc(np.repeat(pixels, 2, axis=0), 0, 0, 5, 5)
+    assert padded[0, :, 0].tolist() == [1, 0, 1, 2, 1, 0, 1, 2, 1, 0, 1, 2, 1]
+
+
+def test_confidence_and_tta(registry: ModelRegistry) -> None:
+    model = entry(registry, "tiny-rgb")
+    pixels = noise(70, 90, channels=3, seed=5)
+    plain = segment(model, pixels, confidence=True)
+    assert plain.confidence is not None and plain.confidence.shape == (70, 90)
+    assert plain.confidence.min() >= 255 // 3  # top of 3 classes is at least a third
+    tiled = segment_tiled(model, pixels, TilePlan(32, 8), confidence=True, tta=True)
+    # A pixelwise model is unchanged by flips and rotations: TTA gives the same answer.
+    assert np.array_equal(tiled.labels, plain.labels)
+    assert np.abs(tiled.confidence.astype(int) - plain.confidence).max() <= 1  # type: ignore[union-attr]
+
+
+def test_choose_plan_rules() -> None:
+    spec = spec_for("threshold", "t", size_multiple=8, tile={"size": 256, "overlap": 32})
+    assert choose_plan(spec, 100, 100, 100 * 100) is None  # fits one pass
+    assert choose_plan(spec, 100, 101, 100 * 100) == TilePlan(256, 32)
+    assert choose_plan(spec, 10, 10, 10**6, "on", 64, 16) == TilePlan(64, 16)
+    for bad in [("off", None, None), ("on", 60, 8), ("on", 64, 12), ("on", 64, 32)]:
+        size = 10 if bad[0] != "off" else 2000
+        with pytest.raises(InvalidParameter):
+            choose_plan(spec, size, size, 10**6, *bad)  # type: ignore[arg-type]
+
+
+def test_http_tiling_options_and_confidence_format(tmp_path: Path) -> None:
+    write_model(tmp_path, "box", "tiny-box")
+    settings = Settings(
+        model_dir=tmp_path, device=Device.cpu, intra_op_threads=1, whole_image_max_pixels=64 * 64
+    )
+    pixels = noise(100, 120, seed=9)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        whole = client.post(
+            "/v1/models/tiny-box/segment?tiling=off", content=png_bytes(pixels),
+            headers={"content-type": "image/png"},
+        )  # fmt: skip
+        assert whole.status_code == 422  # 12000 px > SEG_WHOLE_IMAGE_MAX_PIXELS
+        auto = client.post(
+            "/v1/models/tiny-box/segment?tile_size=64&tile_overlap=8",
+            content=png_bytes(pixels), headers={"content-type": "image/png"},
+        )  # fmt: skip
+        assert (
+            auto.status_code == 200 and int(auto.headers["x-tiles"]) == 9
+        )  # 3 x 3 tiles of 48-px centres
+        confidence = client.post(
+            "/v1/models/tiny-box/segment?format=confidence",
+            content=png_bytes(pixels), headers={"content-type": "image/png"},
+        )  # fmt: skip
+        image = Image.open(io.BytesIO(confidence.content))
+        assert image.mode == "L" and image.size == (120, 100)
+        assert np.asarray(image).min() >= 127  # top of 2 classes is at least a half
+        bad = client.post(
+            "/v1/models/tiny-box/segment?tiling=on&tile_size=64&tile_overlap=40",
+            content=png_bytes(pixels), headers={"content-type": "image/png"},
+        )  # fmt: skip
+        assert bad.status_code == 422
+        assert bad.headers["content-type"] == "application/problem+json"
