@@ -67,7 +67,7 @@ def isbi_task(root: Path) -> Task:
         data_terms="Non-commercial research only (ISBI 2012 terms; cite Cardona et al. 2010).",
         selection="rand_plus_pixel_error",
         selection_higher_is_better=False,
-        tile={"size": 512, "overlap": 32, "batch": 1},
+        tile={"size": 512, "overlap": 64, "batch": 1},
     )
 
 
@@ -89,7 +89,7 @@ def camvid_task(root: Path) -> Task:
         ),
         data_terms="Research, non-commercial use only; cite Brostow et al. 2008/2009 and SegNet.",
         ignore_index=CAMVID_VOID,
-        tile={"size": 512, "overlap": 64, "batch": 1},
+        tile={"size": 1024, "overlap": 192, "batch": 1},
     )
 
 

@@ -1,15 +1,20 @@
 """Overlap-tile inference (Ronneberger et al. 2015, fig. 2) for images of any size.
 
-The image is mirror-padded, cut into square tiles of one fixed size that overlap by
-`overlap` pixels of context on each side, run through the session in fixed-shape batches,
-and only each tile's centre (`size - 2 * overlap` square) is written into the result.
-Peak memory grows with the tile batch and the uint8 output maps, never with float logits
-for the whole image.
+The image is mirror-padded to the model's size multiple, cut into tiles of one fixed shape
+that overlap by `overlap` pixels of context on each side, run through the session in
+fixed-shape batches, and only each tile's centre is written into the result. Peak memory
+grows with the tile batch and the uint8 output maps, never with float logits for the
+whole image.
+
+Tiles stay inside the image: at the image's own borders a tile's edge is the image edge,
+so the model sees there exactly what it sees in one whole-image pass (its own zero
+padding, as in training on crops) and tiled and whole-image maps agree. Mirroring
+context beyond the borders, the paper's choice, was measured worse for these models
+(U-Net on ISBI slices 20-23: pixel error 0.134 -> 0.139 with 32-64 px mirrored).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -36,10 +41,23 @@ class TilePlan:
     def core(self) -> int:
         return self.size - 2 * self.overlap
 
-    def grid(self, height: int, width: int) -> list[tuple[int, int]]:
-        """Top-left corners, in image coordinates, of each tile's centre."""
-        rows, cols = math.ceil(height / self.core), math.ceil(width / self.core)
-        return [(r * self.core, c * self.core) for r in range(rows) for c in range(cols)]
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Starts of the tiles along one axis of `length` (a multiple of the size multiple, as
+    `tile` is): a stride of `tile - 2 * overlap`, the last tile flush with the end."""
+    if tile >= length:
+        return [0]
+    core = tile - 2 * overlap
+    starts = list(range(0, length - tile, core))
+    return [*starts, length - tile]
+
+
+def keep_range(start: int, tile: int, overlap: int, length: int) -> tuple[int, int]:
+    """The part of a tile written into the result: all but the overlap, except at the
+    image's borders, where the tile edge is the image edge."""
+    first = start + overlap if start > 0 else 0
+    last = start + tile - overlap if start + tile < length else length
+    return first, last
 
 
 def choose_plan(
@@ -93,25 +111,29 @@ def segment_tiled(
     started = time.perf_counter()
     image = to_channels(pixels, spec.input_channels)  # (H, W, C) uint8
     height, width = image.shape[:2]
-    o, core, size = plan.overlap, plan.core, plan.size
-    corners = plan.grid(height, width)
-    rows = corners[-1][0] // core + 1
-    cols = corners[-1][1] // core + 1
-    padded = mirror_pad_hwc(image, o, rows * core - height + o, o, cols * core - width + o)
+    m = spec.size_multiple
+    padded = mirror_pad_hwc(image, 0, (-height) % m, 0, (-width) % m)
+    padded_h, padded_w = padded.shape[:2]
+    # One tile shape per request; an image thinner than a tile is one tile across.
+    tile_h, tile_w = min(plan.size, padded_h), min(plan.size, padded_w)
+    o = plan.overlap
+    corners = [
+        (y, x) for y in tile_starts(padded_h, tile_h, o) for x in tile_starts(padded_w, tile_w, o)
+    ]
     mean = np.asarray(spec.mean, np.float32)[:, None, None]
     scale = (1 / (np.asarray(spec.std, np.float32) * 255))[:, None, None]
     labels = np.empty((height, width), np.uint8)
     confidences = np.empty((height, width), np.uint8) if confidence else None
     use_labels_output = bool(spec.labels_output) and not (confidence or tta)
-    batch = np.empty((plan.batch, spec.input_channels, size, size), np.float32)
+    batch = np.empty((plan.batch, spec.input_channels, tile_h, tile_w), np.float32)
     preparing = inferring = 0.0
     for first in range(0, len(corners), plan.batch):
         chunk = corners[first : first + plan.batch]
         tick = time.perf_counter()
         for i, (y, x) in enumerate(chunk):
-            tile = padded[y : y + size, x : x + size].transpose(2, 0, 1)
+            tile = padded[y : y + tile_h, x : x + tile_w].transpose(2, 0, 1)
             np.multiply(tile, scale, out=batch[i])
-            batch[i] -= mean * scale * 255
+            batch[i] -= mean * scale * 255  # (pixel / 255 - mean) / std
         batch[len(chunk) :] = batch[0]  # a short last batch keeps the session's input shape
         tock = time.perf_counter()
         if use_labels_output:
@@ -121,11 +143,14 @@ def segment_tiled(
             tile_probs = run_probabilities(model, batch, tta)
             tile_labels = tile_probs.argmax(1)
         for i, (y, x) in enumerate(chunk):
-            h, w = min(core, height - y), min(core, width - x)
-            labels[y : y + h, x : x + w] = tile_labels[i, o : o + h, o : o + w]
+            y0, y1 = keep_range(y, tile_h, o, padded_h)
+            x0, x1 = keep_range(x, tile_w, o, padded_w)
+            y1, x1 = min(y1, height), min(x1, width)  # drop the size-multiple padding
+            window = (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x))
+            labels[y0:y1, x0:x1] = tile_labels[i][window]
             if confidences is not None and tile_probs is not None:
-                centre = tile_probs[i, :, o : o + h, o : o + w]
-                confidences[y : y + h, x : x + w] = confidence_map(centre)
+                centre = tile_probs[i][(slice(None), *window)]
+                confidences[y0:y1, x0:x1] = confidence_map(centre)
         preparing += tock - tick
         inferring += time.perf_counter() - tock
     setup = (time.perf_counter() - started) - preparing - inferring

@@ -12,7 +12,13 @@ from app.config import Device, Settings
 from app.errors import InvalidParameter
 from app.inference.pipeline import segment
 from app.inference.registry import ModelRegistry
-from app.inference.tiling import TilePlan, choose_plan, mirror_pad_hwc, segment_tiled
+from app.inference.tiling import (
+    TilePlan,
+    choose_plan,
+    mirror_pad_hwc,
+    segment_tiled,
+    tile_starts,
+)
 from app.main import create_app
 from tests.app.conftest import png_bytes, wait_ready
 from tests.app.tiny_models import spec_for, write_model
@@ -48,7 +54,8 @@ def test_pixelwise_model_tiled_equals_whole(
     pixels = noise(*shape, channels=3)
     tiled = segment_tiled(model, pixels, plan)
     assert np.array_equal(tiled.labels, segment(model, pixels).labels)
-    assert tiled.tiles == len(plan.grid(*shape))
+    rows = len(tile_starts(shape[0], min(plan.size, shape[0]), plan.overlap))
+    assert tiled.tiles == rows * len(tile_starts(shape[1], min(plan.size, shape[1]), plan.overlap))
 
 
 def test_context_model_is_seam_free_with_overlap_and_not_without(registry: ModelRegistry) -> None:
@@ -57,18 +64,26 @@ def test_context_model_is_seam_free_with_overlap_and_not_without(registry: Model
     whole = segment(model, pixels).labels
     with_overlap = segment_tiled(model, pixels, TilePlan(40, 4)).labels
     without = segment_tiled(model, pixels, TilePlan(40, 0)).labels
-    inner = (slice(1, -1), slice(1, -1))  # borders: mirror padding (tiles) vs zeros (graph)
-    assert np.array_equal(with_overlap[inner], whole[inner])
-    assert not np.array_equal(without[inner], whole[inner])  # seams without context
+    assert np.array_equal(with_overlap, whole)  # borders too: tiles end at the image edge
+    assert not np.array_equal(without, whole)  # seams without context
 
 
-def test_image_borders_use_mirror_padding(registry: ModelRegistry) -> None:
-    model = entry(registry, "tiny-box")
-    pixels = noise(30, 30, seed=3)
-    tiled = segment_tiled(model, pixels, TilePlan(16, 4)).labels
-    mirrored = np.pad(pixels, 1, mode="reflect")
-    window = mirrored[0:3, 0:3].astype(np.float64) / 127.5 - 1  # the model's normalisation
-    assert tiled[0, 0] == (0 if window.sum() > 0 else 1)
+def test_tile_starts_cover_the_axis_with_the_last_tile_flush() -> None:
+    assert tile_starts(100, 64, 8) == [0, 36]
+    assert tile_starts(120, 64, 8) == [0, 48, 56]
+    assert tile_starts(64, 64, 8) == [0]
+    assert tile_starts(1000, 512, 96) == [0, 320, 488]
+
+
+def test_size_multiple_padding_is_mirrored(tmp_path: Path) -> None:
+    write_model(tmp_path, "box", "tiny-box-16", size_multiple=16)
+    registry = ModelRegistry(Settings(model_dir=tmp_path, device=Device.cpu, intra_op_threads=1))
+    registry.discover()
+    registry.load_all()
+    (model,) = registry.served()
+    pixels = noise(101, 77, seed=4)
+    whole = segment(model, pixels).labels
+    assert np.array_equal(segment_tiled(model, pixels, TilePlan(48, 8)).labels, whole)
 
 
 def test_mirror_pad_repeats_reflection_for_pads_wider_than_the_image() -> None:
@@ -117,9 +132,8 @@ def test_http_tiling_options_and_confidence_format(tmp_path: Path) -> None:
             "/v1/models/tiny-box/segment?tile_size=64&tile_overlap=8",
             content=png_bytes(pixels), headers={"content-type": "image/png"},
         )  # fmt: skip
-        assert (
-            auto.status_code == 200 and int(auto.headers["x-tiles"]) == 9
-        )  # 3 x 3 tiles of 48-px centres
+        assert auto.status_code == 200
+        assert auto.headers["x-tiles"] == "6"  # rows start at 0, 36; columns at 0, 48, 56
         confidence = client.post(
             "/v1/models/tiny-box/segment?format=confidence",
             content=png_bytes(pixels), headers={"content-type": "image/png"},
