@@ -40,7 +40,7 @@ class Settings(BaseSettings):
         8192 * 8192, ge=1, description="Largest declared image width x height (413 above)."
     )
     whole_image_max_pixels: int = Field(
-        2048 * 2048,
+        1024 * 1024,
         ge=1,
         description="Images up to this many pixels run in one pass; larger ones are tiled.",
     )

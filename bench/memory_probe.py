@@ -1,0 +1,45 @@
+"""Peak memory of one large image through the service's own code path, in a fresh process:
+`python -m bench.memory_probe --side 8192 --model-dir app/shipped_models` prints JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from app.api.routes.segment import Options, _render
+from app.config import Device, Settings
+from app.inference.registry import ModelRegistry
+from bench.common import em_mosaic, peak_rss_mib, png
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--side", type=int, required=True)
+    parser.add_argument("--model-dir", type=Path, required=True)
+    args = parser.parse_args()
+
+    settings = Settings(model_dir=args.model_dir, device=Device.cpu)
+    registry = ModelRegistry(settings)
+    registry.discover()
+    registry.load_all()
+    model = registry.get("unet-isbi")
+    body = png(em_mosaic(args.side))
+    baseline = peak_rss_mib(os.getpid())
+    options = Options("png", 0.5, "rle", "auto", None, None, False)
+    started = time.perf_counter()
+    _, _, _, tiles = _render(
+        model, body, settings.max_pixels, settings.whole_image_max_pixels, options
+    )
+    elapsed = time.perf_counter() - started
+    print(json.dumps({
+        "side": args.side, "tiles": tiles, "seconds": round(elapsed, 2),
+        "megapixels_per_s": round(args.side**2 / elapsed / 1e6, 3),
+        "rss_before_mib": round(baseline, 1), "peak_rss_mib": round(peak_rss_mib(os.getpid()), 1),
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
