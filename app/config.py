@@ -33,6 +33,12 @@ class Settings(BaseSettings):
         le=256,
         description="onnxruntime threads per inference (default: the CPU count).",
     )
+    max_pending: int = Field(
+        16, ge=1, description="Inferences running or queued at once; 503 with Retry-After above."
+    )
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="Deadline per inference request (504 when exceeded)."
+    )
     max_upload_bytes: int = Field(
         50 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
     )

@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from app.api.routes import health, metrics, models, segment, v2, web
 from app.config import Settings
 from app.errors import install_error_handlers
+from app.inference.admission import Admission
 from app.inference.registry import ModelRegistry
 from app.inference.session import SessionFactory, _ort_session
 from app.main_info import SERVER_NAME, VERSION
@@ -63,6 +64,7 @@ def create_app(
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = app_metrics
+    app.state.admission = Admission(settings.max_pending, settings.request_timeout_s)
     install_error_handlers(app)
     app.add_middleware(
         RequestContextMiddleware,

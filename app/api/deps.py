@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.config import Settings
+from app.inference.admission import Admission
 from app.inference.registry import ModelRegistry
 from app.observability import Metrics
 
@@ -27,6 +28,11 @@ def get_executor(request: Request) -> ThreadPoolExecutor:
     return executor
 
 
+def get_admission(request: Request) -> Admission:
+    admission: Admission = request.app.state.admission
+    return admission
+
+
 def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
@@ -36,3 +42,4 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 ExecutorDep = Annotated[ThreadPoolExecutor, Depends(get_executor)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+AdmissionDep = Annotated[Admission, Depends(get_admission)]

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -8,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from app.api.body import read_image_bytes
-from app.api.deps import ExecutorDep, MetricsDep, RegistryDep, SettingsDep
+from app.api.deps import AdmissionDep, ExecutorDep, MetricsDep, RegistryDep, SettingsDep
 from app.errors import InvalidParameter, ProblemError
 from app.imaging.decode import decode_image
 from app.imaging.encode import (
@@ -176,9 +175,10 @@ def _render(
         404: {"description": "Unknown model", **PROBLEM},
         406: {"description": "Accept header allows no output format", **PROBLEM},
         413: {"description": "Body or declared image size above the limits", **PROBLEM},
+        504: {"description": "No result within SEG_REQUEST_TIMEOUT_S", **PROBLEM},
         415: {"description": "Unsupported content type", **PROBLEM},
         422: {"description": "Invalid parameters", **PROBLEM},
-        503: {"description": "Model not ready", **PROBLEM},
+        503: {"description": "Model not ready, or overloaded (see Retry-After)", **PROBLEM},
     },
 )
 async def segment_image(
@@ -187,6 +187,7 @@ async def segment_image(
     settings: SettingsDep,
     executor: ExecutorDep,
     metrics: MetricsDep,
+    admission: AdmissionDep,
     name: Annotated[str, Path(description="Model name", examples=["unet-isbi"])],
     format: Annotated[
         OutputFormat | None, Query(description="png, json, overlay or confidence")
@@ -215,8 +216,7 @@ async def segment_image(
     )
     model = registry.get(name)
     data = await read_image_bytes(request, settings.max_upload_bytes)
-    loop = asyncio.get_running_loop()
-    body, media, timings, tiles = await loop.run_in_executor(
+    body, media, timings, tiles = await admission.run(
         executor,
         _render,
         model,

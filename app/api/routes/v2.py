@@ -7,7 +7,6 @@ encoded image file). Outputs: `labels` (UINT8, [N, H, W]) and, when asked for,
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from app.api.body import read_limited
 from app.api.deps import ExecutorDep, MetricsDep, RegistryDep, SettingsDep
 from app.errors import BadInferenceRequest, ModelNotFound, PayloadTooLarge
 from app.imaging.decode import decode_image
+from app.inference.admission import Admission
 from app.inference.pipeline import segment
 from app.inference.registry import ModelEntry, ModelState
 from app.inference.v2_codec import InferenceRequest, encode_response, parse_request
@@ -170,8 +170,8 @@ async def _infer_route(
         )
     body = await read_limited(request, settings.max_upload_bytes)
     parsed, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
-    loop = asyncio.get_running_loop()
-    content, json_length, inference_ms = await loop.run_in_executor(
+    admission: Admission = request.app.state.admission
+    content, json_length, inference_ms = await admission.run(
         executor, _infer, entry, parsed, tensors, settings.max_pixels
     )
     metrics.inference.labels(entry.name).observe(inference_ms / 1000)

@@ -1,0 +1,107 @@
+"""Admission control (503 + Retry-After past SEG_MAX_PENDING) and deadlines (504)."""
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.inference.admission import Admission, DeadlineExceeded, Overloaded
+from app.main import create_app
+from tests.app.conftest import png_bytes, running_server, wait_ready
+
+
+def test_bounded_pending_work_rejects_at_once_and_frees_slots() -> None:
+    release = threading.Event()
+    calls: list[int] = []
+
+    def blocking(i: int) -> int:
+        release.wait(10)
+        calls.append(i)
+        return i
+
+    async def scenario() -> None:
+        admission = Admission(limit=2, timeout_s=10, retry_after_s=3)
+        with ThreadPoolExecutor(1) as executor:
+            first = asyncio.create_task(admission.run(executor, blocking, 1))
+            second = asyncio.create_task(admission.run(executor, blocking, 2))  # queued
+            await asyncio.sleep(0.05)
+            started = time.perf_counter()
+            with pytest.raises(Overloaded) as rejected:
+                await admission.run(executor, blocking, 3)
+            assert time.perf_counter() - started < 0.05  # no waiting for a slot
+            assert rejected.value.headers == {"Retry-After": "3"}
+            release.set()
+            assert await first == 1 and await second == 2
+            await asyncio.sleep(0.01)
+            assert admission.pending == 0 and admission.rejected == 1
+            assert await admission.run(executor, blocking, 4) == 4
+
+    asyncio.run(scenario())
+    assert calls == [1, 2, 4]
+
+
+def test_deadline_gives_504_keeps_the_slot_until_the_work_ends_and_skips_stale_jobs() -> None:
+    ran: list[str] = []
+
+    def slow(tag: str) -> None:
+        time.sleep(0.3)
+        ran.append(tag)
+
+    async def scenario() -> None:
+        admission = Admission(limit=4, timeout_s=0.1)
+        with ThreadPoolExecutor(1) as executor:
+            running = asyncio.create_task(admission.run(executor, slow, "running"))
+            queued = asyncio.create_task(admission.run(executor, slow, "queued"))
+            for task in (running, queued):
+                with pytest.raises(DeadlineExceeded):
+                    await task
+            assert admission.pending >= 1  # the running job still holds its slot
+            await asyncio.sleep(0.5)
+            assert admission.pending == 0 and admission.timed_out == 2
+
+    asyncio.run(scenario())
+    assert ran == ["running"]  # the queued job's deadline passed before it started: skipped
+
+
+def test_http_deadline_is_a_504_problem(model_dir: Path) -> None:
+    settings = Settings(model_dir=model_dir, intra_op_threads=1, request_timeout_s=1e-6)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        image = png_bytes(np.zeros((300, 300), np.uint8))
+        response = client.post(
+            "/v1/models/tiny-grey/segment", content=image, headers={"content-type": "image/png"}
+        )
+        assert response.status_code == 504
+        assert response.headers["content-type"] == "application/problem+json"
+        assert client.get("/health/live").status_code == 200
+
+
+def test_http_overload_answers_503_with_retry_after_and_serves_the_rest(model_dir: Path) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (2500, 2500), np.uint8)
+    body = png_bytes(pixels)
+    with running_server(model_dir, SEG_MAX_PENDING="1", SEG_WORKERS="1") as (base, _):
+
+        def post() -> httpx.Response:
+            return httpx.post(
+                f"{base}/v1/models/tiny-grey/segment",
+                content=body,
+                headers={"content-type": "image/png"},
+                timeout=60,
+            )
+
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda _: post(), range(8)))
+        statuses = sorted(r.status_code for r in responses)
+        assert set(statuses) == {200, 503}, statuses
+        for response in responses:
+            if response.status_code == 503:
+                assert response.headers["retry-after"] == "1"
+                assert response.json()["type"].endswith("/overloaded")
+        assert post().status_code == 200  # and it goes on serving
