@@ -7,7 +7,7 @@ from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "shipped_models"
@@ -54,12 +54,29 @@ class Settings(BaseSettings):
         None,
         description="Folder of sample images named <model>.png|jpg|tif the web page offers.",
     )
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated API keys; when set, every API call needs one.",
+    )
+    open_health: bool = Field(True, description="Health endpoints need no key.")
+    open_metrics: bool = Field(True, description="/metrics needs no key.")
+    cors_origins: str = Field(
+        "", description="Comma-separated origins allowed by CORS (none by default; * for any)."
+    )
     log_level: str = Field(
         "info", pattern="^(critical|error|warning|info|debug)$", description="Log level."
     )
     shutdown_timeout_s: float = Field(
         30.0, ge=0, description="Seconds to drain in-flight requests on SIGTERM."
     )
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @cached_property
     def resolved_model_dir(self) -> Path:

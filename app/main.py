@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app.api.routes import health, metrics, models, segment, v2, web
+from app.api.security import install_security
 from app.config import Settings
 from app.errors import install_error_handlers
 from app.inference.admission import Admission
@@ -66,6 +67,7 @@ def create_app(
     app.state.metrics = app_metrics
     app.state.admission = Admission(settings.max_pending, settings.request_timeout_s)
     install_error_handlers(app)
+    install_security(app, settings)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=app_metrics,

@@ -5,6 +5,12 @@
 const $ = (id) => document.getElementById(id);
 const state = { models: new Map(), file: null, json: null };
 
+function withKey(headers = {}) {
+  // SEG_API_KEYS: the key typed into the page goes along as X-API-Key (kept for the tab).
+  const key = $("api-key").value.trim();
+  return key ? { ...headers, "x-api-key": key } : headers;
+}
+
 function showError(message) {
   const box = $("error");
   box.textContent = message;
@@ -21,9 +27,12 @@ async function problemMessage(response) {
 }
 
 async function loadModels() {
-  const response = await fetch("/v1/models");
-  if (!response.ok) { showError(await problemMessage(response)); return; }
   const select = $("model");
+  select.replaceChildren();
+  state.models.clear();
+  $("samples").replaceChildren();
+  const response = await fetch("/v1/models", { headers: withKey() });
+  if (!response.ok) { showError(await problemMessage(response)); return; }
   for (const model of (await response.json()).models) {
     state.models.set(model.spec.name, model);
     const option = document.createElement("option");
@@ -32,9 +41,8 @@ async function loadModels() {
     option.disabled = model.state !== "ready";
     select.append(option);
   }
-  select.addEventListener("change", describeModel);
   describeModel();
-  const samples = await fetch("/v1/samples");
+  const samples = await fetch("/v1/samples", { headers: withKey() });
   if (samples.ok) {
     for (const name of (await samples.json()).models) {
       const button = document.createElement("button");
@@ -57,7 +65,7 @@ function describeModel() {
 async function trySample(name) {
   $("model").value = name;
   describeModel();
-  const response = await fetch(`/v1/samples/${encodeURIComponent(name)}`);
+  const response = await fetch(`/v1/samples/${encodeURIComponent(name)}`, { headers: withKey() });
   if (!response.ok) { showError(await problemMessage(response)); return; }
   const blob = await response.blob();
   await segment(new File([blob], `${name}-sample`, { type: blob.type }));
@@ -90,7 +98,7 @@ async function segment(file) {
   try {
     response = await fetch(`/v1/models/${encodeURIComponent(name)}/segment?format=json&encoding=rle`, {
       method: "POST",
-      headers: { "content-type": file.type || "application/octet-stream" },
+      headers: withKey({ "content-type": file.type || "application/octet-stream" }),
       body: file,
     });
   } catch (error) {
@@ -170,7 +178,7 @@ async function downloadPng() {
   const name = state.json.model.name;
   const response = await fetch(`/v1/models/${encodeURIComponent(name)}/segment?format=png`, {
     method: "POST",
-    headers: { "content-type": state.file.type || "application/octet-stream" },
+    headers: withKey({ "content-type": state.file.type || "application/octet-stream" }),
     body: state.file,
   });
   if (!response.ok) { showError(await problemMessage(response)); return; }
@@ -200,6 +208,13 @@ function wireDropZone() {
 
 window.addEventListener("DOMContentLoaded", () => {
   wireDropZone();
+  $("model").addEventListener("change", describeModel);
+  $("api-key").value = sessionStorage.getItem("segserve-api-key") || "";
+  $("api-key").addEventListener("change", () => {
+    sessionStorage.setItem("segserve-api-key", $("api-key").value.trim());
+    showError("");
+    loadModels().catch((error) => showError(`Could not list the models: ${error}`));
+  });
   $("opacity").addEventListener("input", setOpacity);
   $("download-png").addEventListener("click", downloadPng);
   $("download-json").addEventListener("click", downloadJson);

@@ -1,6 +1,7 @@
 """The web page at `/` in a real browser: Playwright driving Debian's headless chromium
 against the real server process. A screenshot lands in artifacts/web-page.png."""
 
+import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +22,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def page(model_dir: Path, tmp_path: Path) -> Iterator[tuple[str, Page]]:
-    samples = tmp_path / "samples"
-    samples.mkdir()
-    (samples / "tiny-grey.png").write_bytes(png_bytes(grey_pattern(64, 80)))
+@contextlib.contextmanager
+def open_page(model_dir: Path, **env: str) -> Iterator[tuple[str, Page]]:
     with (
-        running_server(model_dir, SEG_SAMPLES_DIR=str(samples)) as (base, _),
+        running_server(model_dir, **env) as (base, _),
         sync_playwright() as playwright,
     ):
         browser = playwright.chromium.launch(
@@ -39,6 +37,15 @@ def page(model_dir: Path, tmp_path: Path) -> Iterator[tuple[str, Page]]:
             yield base, tab
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(model_dir: Path, tmp_path: Path) -> Iterator[tuple[str, Page]]:
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    (samples / "tiny-grey.png").write_bytes(png_bytes(grey_pattern(64, 80)))
+    with open_page(model_dir, SEG_SAMPLES_DIR=str(samples)) as opened:
+        yield opened
 
 
 def class_map_colours(tab: Page) -> list[list[int]]:
@@ -103,3 +110,18 @@ def test_sample_button_segments_with_one_click(page: tuple[str, Page]) -> None:
     tab.wait_for_selector("#result:not([hidden])")
     assert tab.get_attribute("#result", "data-model") == "tiny-grey"
     assert len(class_map_colours(tab)) == 2
+
+
+def test_api_key_typed_into_the_page_unlocks_the_service(model_dir: Path, tmp_path: Path) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(png_bytes(grey_pattern(40, 50)))
+    with open_page(model_dir, SEG_API_KEYS="page-key") as (_, tab):
+        tab.wait_for_selector("#error:not([hidden])")
+        assert "Unauthorized" in tab.inner_text("#error")
+        tab.fill("#api-key", "page-key")
+        tab.dispatch_event("#api-key", "change")
+        tab.wait_for_selector("#model option[value=tiny-grey]", state="attached")
+        tab.select_option("#model", "tiny-grey")
+        tab.set_input_files("#file", str(image))
+        tab.wait_for_selector("#result:not([hidden])")
+        assert tab.is_hidden("#error")
