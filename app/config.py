@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(
         30.0, ge=0, description="Seconds to drain in-flight requests on SIGTERM."
     )
+    drain_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds between SIGTERM and closing the listener: readiness is 503 "
+        "meanwhile, so load balancers stop sending before connections are refused.",
+    )
 
     @property
     def api_key_list(self) -> list[str]:

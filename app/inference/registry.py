@@ -51,6 +51,7 @@ class ModelRegistry:
         self.entries: list[ModelEntry] = []
         self.problem: str | None = None
         self.loaded = threading.Event()
+        self.draining = False  # set on SIGTERM: readiness turns 503 while requests drain
 
     def discover(self) -> None:
         directory = self.settings.resolved_model_dir
@@ -94,7 +95,13 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
+        if self.draining:
+            return False
         return bool(self.entries) and all(e.state is ModelState.ready for e in self.entries)
+
+    def start_draining(self) -> None:
+        self.draining = True
+        self.problem = "shutting down: finishing in-flight requests"
 
     def get(self, name: str) -> ModelEntry:
         """The ready model called `name`; 404 when unknown, 503 when not ready."""

@@ -3,6 +3,7 @@
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -41,3 +42,35 @@ def healthcheck(port: str) -> subprocess.CompletedProcess[str]:
     """The container's HEALTHCHECK command against a local port."""
     command = [sys.executable, "-m", "app.cli", "healthcheck", "--port", port, "--timeout", "2"]
     return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+def test_sigterm_turns_readiness_503_first_and_finishes_accepted_requests(
+    model_dir: Path,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    slow_image = png_bytes(rng.integers(0, 256, (1500, 1500, 3), np.uint8))
+    with running_server(model_dir, SEG_DRAIN_DELAY_S="2") as (base, process):
+
+        def segment(body: bytes, query: str = "") -> int:
+            url = f"{base}/v1/models/tiny-rgb/segment{query}"
+            headers = {"content-type": "image/png"}
+            return httpx.post(url, content=body, headers=headers, timeout=60).status_code
+
+        with ThreadPoolExecutor(2) as pool:
+            in_flight = pool.submit(segment, slow_image, "?tta=true&tiling=on&tile_size=256")
+            time.sleep(0.3)  # accepted and running
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            ready = httpx.get(f"{base}/health/ready", timeout=5)
+            assert ready.status_code == 503
+            assert "shutting down" in ready.json()["problem"]
+            assert httpx.get(f"{base}/health/live", timeout=5).status_code == 200
+            # Still accepted during the drain delay, and answered.
+            assert segment(png_bytes(grey_pattern(20, 20).repeat(3).reshape(20, 20, 3))) == 200
+            assert in_flight.result(timeout=60) == 200
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode in (0, -signal.SIGTERM), output
