@@ -58,6 +58,20 @@ class ModelNotReady(ProblemError):
 
 V2_PREFIX = "/v2"
 
+# OpenAPI response entries: problem+json for /v1 and the rest, {"error": ...} for /v2.
+PROBLEM_CONTENT: dict[str, Any] = {"content": {PROBLEM_MEDIA_TYPE: {}}}
+V2_ERROR_CONTENT: dict[str, Any] = {
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {"error": {"type": "string"}},
+                "required": ["error"],
+            }
+        }
+    }
+}
+
 
 def problem(
     status: int, detail: str, slug: str | None = None, request: Request | None = None, **extra: Any

@@ -3,11 +3,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Path
 
 from app.api.deps import RegistryDep
-from app.errors import ModelNotFound
+from app.errors import PROBLEM_CONTENT, ModelNotFound
 from app.inference.registry import ModelEntry
 from app.schemas import ModelInfo, ModelList
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(
+    prefix="/v1/models",
+    tags=["models"],
+    responses={404: {"description": "Unknown model", **PROBLEM_CONTENT}},
+)
 
 ModelName = Path(description="Model name, as listed by GET /v1/models", examples=["unet-isbi"])
 

@@ -5,10 +5,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
+from pydantic import BaseModel
 
 from app.api.body import read_image_bytes
 from app.api.deps import AdmissionDep, ExecutorDep, MetricsDep, RegistryDep, SettingsDep
-from app.errors import InvalidParameter, ProblemError
+from app.errors import PROBLEM_CONTENT, InvalidParameter, ProblemError
 from app.imaging.decode import decode_image
 from app.imaging.encode import (
     MAX_LIST_PIXELS,
@@ -26,7 +27,7 @@ from app.schemas import ClassStat, ModelRef, SegmentationResponse
 router = APIRouter(prefix="/v1/models", tags=["segmentation"])
 
 OutputFormat = Literal["png", "json", "overlay", "confidence"]
-PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+PROBLEM = PROBLEM_CONTENT
 
 REQUEST_BODY = {
     "required": True,
@@ -50,6 +51,26 @@ REQUEST_BODY = {
 
 class NotAcceptable(ProblemError):
     status, slug = 406, "not-acceptable"
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its `$defs` inlined: embedded in a response entry, the
+    `#/$defs/...` references would point nowhere in the OpenAPI document."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(definitions[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
 
 
 def choose_format(query: OutputFormat | None, accept: str | None) -> OutputFormat:
@@ -167,7 +188,7 @@ def _render(
         200: {
             "content": {
                 "image/png": {"schema": {"type": "string", "format": "binary"}},
-                "application/json": {"schema": SegmentationResponse.model_json_schema()},
+                "application/json": {"schema": inline_schema(SegmentationResponse)},
             },
             "description": "The class map.",
         },

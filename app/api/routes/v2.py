@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from app.api.body import read_limited
 from app.api.deps import ExecutorDep, MetricsDep, RegistryDep, SettingsDep
-from app.errors import BadInferenceRequest, ModelNotFound, PayloadTooLarge
+from app.errors import V2_ERROR_CONTENT, BadInferenceRequest, ModelNotFound, PayloadTooLarge
 from app.imaging.decode import decode_image
 from app.inference.admission import Admission
 from app.inference.pipeline import segment
@@ -23,7 +23,17 @@ from app.inference.registry import ModelEntry, ModelState
 from app.inference.v2_codec import InferenceRequest, encode_response, parse_request
 from app.main_info import SERVER_NAME, VERSION
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
+router = APIRouter(
+    prefix="/v2",
+    tags=["open inference protocol (v2)"],
+    responses={
+        400: {"description": "Invalid inference request", **V2_ERROR_CONTENT},
+        404: {"description": "Unknown model or version", **V2_ERROR_CONTENT},
+        413: {"description": "Body or image above the limits", **V2_ERROR_CONTENT},
+        503: {"description": "Model not ready, or overloaded", **V2_ERROR_CONTENT},
+        504: {"description": "No result within SEG_REQUEST_TIMEOUT_S", **V2_ERROR_CONTENT},
+    },
+)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 OUTPUTS = ("labels", "probabilities")
 
