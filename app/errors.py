@@ -79,7 +79,9 @@ def problem(
     if request is not None and request.url.path.startswith(V2_PREFIX):
         # The Open Inference Protocol has its own error shape.
         return JSONResponse({"error": detail}, status_code=status)
-    title = HTTPStatus(status).phrase
+    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    if status == 499:  # nginx's "client closed request": only logs and metrics see it
+        title = "Client Closed Request"
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + (slug or title.lower().replace(" ", "-")),
         "title": title,

@@ -5,13 +5,18 @@ request gets 503 with Retry-After at once instead of queueing without bound. Eac
 admitted request has a deadline: past it the client gets 504, and work that has not
 started by then is skipped. The slot is released when the work really ends, so a timed
 out request keeps counting until its thread is free again: the bound holds.
+
+Work that nobody waits for any more (deadline passed, or the client hung up) is told to
+stop through a `threading.Event`: queued work is skipped, tiled work stops between tiles.
+A single session run cannot be interrupted, so a one-pass image finishes its run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
@@ -28,6 +33,12 @@ class DeadlineExceeded(ProblemError):
     status, slug = 504, "deadline-exceeded"
 
 
+class Abandoned(ProblemError):
+    """The client went away; nobody reads this answer, it only ends the handler."""
+
+    status, slug = 499, "client-closed-request"
+
+
 class Admission:
     def __init__(self, limit: int, timeout_s: float, retry_after_s: int = 1) -> None:
         self.limit = limit
@@ -36,8 +47,18 @@ class Admission:
         self.pending = 0  # touched on the event loop only
         self.rejected = 0
         self.timed_out = 0
+        self.abandoned = 0
 
-    async def run(self, executor: Executor, fn: Callable[..., T], *args: Any) -> T:
+    async def run(
+        self,
+        executor: Executor,
+        fn: Callable[..., T],
+        *args: Any,
+        stop: threading.Event | None = None,
+        disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ) -> T:
+        """`fn(*args)` in the executor. `stop` is set when the answer is no longer wanted;
+        `disconnected` is polled while waiting (Starlette's `request.is_disconnected`)."""
         if self.pending >= self.limit:
             self.rejected += 1
             raise Overloaded(
@@ -46,8 +67,11 @@ class Admission:
                 headers={"Retry-After": str(self.retry_after_s)},
             )
         deadline = time.monotonic() + self.timeout_s
+        stop = stop or threading.Event()
 
         def guarded() -> T:
+            if stop.is_set():  # abandoned while queued: skip
+                raise Abandoned("the request was abandoned before it started")
             if time.monotonic() > deadline:  # waited in the queue past the deadline: skip
                 raise DeadlineExceeded("the request waited past its deadline")
             return fn(*args)
@@ -56,13 +80,33 @@ class Admission:
         self.pending += 1
         future = loop.run_in_executor(executor, guarded)
         future.add_done_callback(self._release)
+        watcher = asyncio.create_task(self._watch(disconnected, stop)) if disconnected else None
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
-        except TimeoutError:
-            self.timed_out += 1
-            raise DeadlineExceeded(
-                f"no result within SEG_REQUEST_TIMEOUT_S={self.timeout_s:g} s"
-            ) from None
+            waiters: set[asyncio.Future[Any]] = {asyncio.shield(future)}
+            if watcher is not None:
+                waiters.add(watcher)
+            done, _ = await asyncio.wait(
+                waiters, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                stop.set()
+                self.timed_out += 1
+                raise DeadlineExceeded(
+                    f"no result within SEG_REQUEST_TIMEOUT_S={self.timeout_s:g} s"
+                )
+            if future.done():
+                return future.result()
+            self.abandoned += 1  # the watcher finished first: the client is gone
+            raise Abandoned("the client closed the connection")
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    @staticmethod
+    async def _watch(disconnected: Callable[[], Awaitable[bool]], stop: threading.Event) -> None:
+        while not await disconnected():
+            await asyncio.sleep(0.1)
+        stop.set()
 
     def _release(self, future: asyncio.Future[Any]) -> None:
         self.pending -= 1

@@ -16,6 +16,7 @@ context beyond the borders, the paper's choice, was measured worse for these mod
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -99,12 +100,17 @@ def mirror_pad_hwc(pixels: np.ndarray, top: int, bottom: int, left: int, right: 
     return np.pad(pixels, widths, mode="edge")
 
 
+class Stopped(Exception):
+    """Tiled work stopped between tiles because nobody waits for the answer any more."""
+
+
 def segment_tiled(
     model: ModelEntry,
     pixels: np.ndarray,
     plan: TilePlan,
     confidence: bool = False,
     tta: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Segmentation:
     assert model.spec is not None and model.session is not None
     spec, session = model.spec, model.session
@@ -128,6 +134,8 @@ def segment_tiled(
     batch = np.empty((plan.batch, spec.input_channels, tile_h, tile_w), np.float32)
     preparing = inferring = 0.0
     for first in range(0, len(corners), plan.batch):
+        if should_stop is not None and should_stop():
+            raise Stopped(f"stopped after {first} of {len(corners)} tiles")
         chunk = corners[first : first + plan.batch]
         tick = time.perf_counter()
         for i, (y, x) in enumerate(chunk):

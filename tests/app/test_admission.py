@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.inference.admission import Admission, DeadlineExceeded, Overloaded
+from app.inference.admission import Abandoned, Admission, DeadlineExceeded, Overloaded
 from app.main import create_app
 from tests.app.conftest import png_bytes, running_server, wait_ready
 
@@ -105,3 +105,52 @@ def test_http_overload_answers_503_with_retry_after_and_serves_the_rest(model_di
                 assert response.headers["retry-after"] == "1"
                 assert response.json()["type"].endswith("/overloaded")
         assert post().status_code == 200  # and it goes on serving
+
+
+def cooperative(stop: threading.Event, ran: list[int]) -> None:
+    """One second of work in 50 steps that ends early once `stop` is set (like tiles)."""
+    for step in range(50):
+        if stop.is_set():
+            return
+        ran.append(step)
+        time.sleep(0.02)
+
+
+def test_deadline_tells_running_work_to_stop() -> None:
+    ran: list[int] = []
+
+    async def scenario() -> None:
+        admission = Admission(limit=2, timeout_s=0.1)
+        stop = threading.Event()
+        with ThreadPoolExecutor(1) as executor:
+            with pytest.raises(DeadlineExceeded):
+                await admission.run(executor, cooperative, stop, ran, stop=stop)
+            assert stop.is_set()
+            await asyncio.sleep(0.15)
+            assert admission.pending == 0  # stopped early, not after the full second
+
+    asyncio.run(scenario())
+    assert len(ran) < 20
+
+
+def test_client_that_hangs_up_stops_the_work() -> None:
+    ran: list[int] = []
+
+    async def scenario() -> None:
+        admission = Admission(limit=2, timeout_s=10)
+        started = time.monotonic()
+
+        async def disconnected() -> bool:
+            return time.monotonic() - started > 0.2
+
+        stop = threading.Event()
+        with ThreadPoolExecutor(1) as executor:
+            with pytest.raises(Abandoned):
+                await admission.run(executor, cooperative, stop, ran, stop=stop,
+                                    disconnected=disconnected)  # fmt: skip
+            assert time.monotonic() - started < 1
+            await asyncio.sleep(0.15)
+            assert admission.pending == 0 and admission.abandoned == 1
+
+    asyncio.run(scenario())
+    assert len(ran) < 25

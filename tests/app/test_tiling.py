@@ -13,6 +13,7 @@ from app.errors import InvalidParameter
 from app.inference.pipeline import segment
 from app.inference.registry import ModelRegistry
 from app.inference.tiling import (
+    Stopped,
     TilePlan,
     choose_plan,
     mirror_pad_hwc,
@@ -147,3 +148,15 @@ def test_http_tiling_options_and_confidence_format(tmp_path: Path) -> None:
         )  # fmt: skip
         assert bad.status_code == 422
         assert bad.headers["content-type"] == "application/problem+json"
+
+
+def test_tiled_work_stops_between_tiles_when_told(registry: ModelRegistry) -> None:
+    model = entry(registry, "tiny-rgb")
+    checks: list[int] = []
+
+    def should_stop() -> bool:
+        checks.append(1)
+        return len(checks) > 3
+
+    with pytest.raises(Stopped, match="after 3 of"):
+        segment_tiled(model, noise(200, 200, 3), TilePlan(32, 8), should_stop=should_stop)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -111,7 +112,13 @@ class Options:
     tta: bool
 
 
-def _run(model: ModelEntry, pixels: Any, options: Options, whole_image_max: int) -> Segmentation:
+def _run(
+    model: ModelEntry,
+    pixels: Any,
+    options: Options,
+    whole_image_max: int,
+    stop: threading.Event | None = None,
+) -> Segmentation:
     assert model.spec is not None
     height, width = pixels.shape[:2]
     plan = choose_plan(
@@ -121,11 +128,19 @@ def _run(model: ModelEntry, pixels: Any, options: Options, whole_image_max: int)
     confidence = options.fmt == "confidence"
     if plan is None:
         return segment(model, pixels, confidence=confidence, tta=options.tta)
-    return segment_tiled(model, pixels, plan, confidence=confidence, tta=options.tta)
+    should_stop = stop.is_set if stop is not None else None
+    return segment_tiled(
+        model, pixels, plan, confidence=confidence, tta=options.tta, should_stop=should_stop
+    )
 
 
 def _render(
-    model: ModelEntry, data: bytes, max_pixels: int, whole_image_max: int, options: Options
+    model: ModelEntry,
+    data: bytes,
+    max_pixels: int,
+    whole_image_max: int,
+    options: Options,
+    stop: threading.Event | None = None,
 ) -> tuple[bytes, str, dict[str, float], int]:
     """Decode, segment, encode: all CPU work, run in the inference executor."""
     assert model.spec is not None
@@ -142,7 +157,7 @@ def _render(
             f"encoding=list is limited to {MAX_LIST_PIXELS} pixels; use encoding=rle"
         )
     decoded = time.perf_counter()
-    result = _run(model, image.pixels, options, whole_image_max)
+    result = _run(model, image.pixels, options, whole_image_max, stop)
     segmented = time.perf_counter()
     timings = {"decode": (decoded - started) * 1000, **result.timings_ms}
     if fmt == "png":
@@ -237,6 +252,7 @@ async def segment_image(
     )
     model = registry.get(name)
     data = await read_image_bytes(request, settings.max_upload_bytes)
+    stop = threading.Event()  # set when nobody waits for the answer any more
     body, media, timings, tiles = await admission.run(
         executor,
         _render,
@@ -245,6 +261,9 @@ async def segment_image(
         settings.max_pixels,
         settings.whole_image_max_pixels,
         options,
+        stop,
+        stop=stop,
+        disconnected=request.is_disconnected,
     )
     assert model.spec is not None
     metrics.inference.labels(model.spec.name).observe(timings["inference"] / 1000)
