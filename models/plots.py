@@ -72,5 +72,5 @@ def plot_montage(
                 axes[row, col].set_title(head)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=56)
     plt.close(fig)
