@@ -26,7 +26,7 @@ def test_generated_requests_get_no_5xx_and_conform_to_the_schema(tmp_path: Path)
         result = subprocess.run(
             [str(schemathesis), "run", f"{base}/openapi.json", "--max-examples", "10",
              "--checks", CHECKS, "--seed", "1", "--no-color"],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True, text=True, timeout=600, cwd=tmp_path,
         )  # fmt: skip
     summary = result.stdout[-3000:]
     assert result.returncode == 0, summary
