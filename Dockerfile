@@ -35,7 +35,10 @@ LABEL org.opencontainers.image.title="segserve" \
       io.segserve.runtime="${RUNTIME}"
 RUN useradd --system --user-group --uid 10001 --no-create-home --shell /usr/sbin/nologin segserve
 COPY --from=build /opt/segserve /opt/segserve
+# HOME=/tmp: onnxruntime keeps a device-id file in HOME, and the user has no home (the root
+# filesystem may be read-only; /tmp is the writable tmpfs/emptyDir).
 ENV PATH=/opt/segserve/bin:$PATH \
+    HOME=/tmp \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     SEG_HOST=0.0.0.0 \

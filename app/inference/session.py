@@ -10,6 +10,9 @@ import onnxruntime as ort
 
 from app.config import Device
 
+# A service never reports usage to anyone (Windows builds send ETW events otherwise).
+ort.disable_telemetry_events()
+
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 log = logging.getLogger("segserve.session")
