@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -41,6 +42,11 @@ def check(url: str, data_root: Path, model_dir: Path) -> list[str]:
     remote = httpx.Client(base_url=url, timeout=120)
     settings = Settings(model_dir=model_dir, device="cpu")
     with TestClient(create_app(settings)) as local:
+        deadline = time.monotonic() + 180
+        while local.get("/health/ready").status_code != 200:  # load and warm up in-process
+            if time.monotonic() > deadline:
+                return ["the in-process service never became ready"]
+            time.sleep(0.2)
         for path in ("/health/live", "/health/ready"):
             status = remote.get(path).status_code
             print(f"GET {path}: {status}")
@@ -49,8 +55,8 @@ def check(url: str, data_root: Path, model_dir: Path) -> list[str]:
         ready = remote.get("/health/ready").json()
         for model in ready.get("models", []):
             print(f"  {model['name']}: {model['state']} on {model.get('providers')}")
-        names = sorted(m["name"] for m in remote.get("/v1/models").json()["models"])
-        local_names = sorted(m["name"] for m in local.get("/v1/models").json()["models"])
+        names = sorted(m["spec"]["name"] for m in remote.get("/v1/models").json()["models"])
+        local_names = sorted(m["spec"]["name"] for m in local.get("/v1/models").json()["models"])
         print(f"models: {names}")
         if names != local_names:
             failures.append(f"models {names} != in-process {local_names}")
