@@ -1,5 +1,6 @@
 """The real server process: `segserve serve` on a free port, spoken to over HTTP."""
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -74,3 +75,34 @@ def test_sigterm_turns_readiness_503_first_and_finishes_accepted_requests(
             assert in_flight.result(timeout=60) == 200
         output, _ = process.communicate(timeout=60)
     assert process.returncode in (0, -signal.SIGTERM), output
+
+
+def test_body_limit_is_enforced_while_reading_a_chunked_upload(model_dir: Path) -> None:
+    """No Content-Length: the server must answer 413 once the limit passes, long before the
+    client has sent everything (it never buffers the whole body)."""
+    import socket
+
+    with running_server(model_dir, SEG_MAX_UPLOAD_BYTES="100000") as (base, _):
+        host, port = base.removeprefix("http://").split(":")
+        chunk = b"\0" * 65536
+        sent, answer = 0, b""
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(
+                b"POST /v1/models/tiny-grey/segment HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            conn.setblocking(False)
+            try:
+                while sent < 50 * 1024 * 1024 and not answer:
+                    conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    sent += len(chunk)
+                    time.sleep(0.005)
+                    with contextlib.suppress(BlockingIOError):
+                        answer = conn.recv(65536)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server stopped reading: also fine
+            conn.setblocking(True)
+            answer = answer or conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"application/problem+json" in answer
+    assert sent < 5 * 1024 * 1024, sent  # answered early, not after the whole upload
