@@ -21,6 +21,7 @@ class ProblemError(Exception):
 
     status: int = 400
     slug: str = "bad-request"
+    title: str | None = None  # default: the status's standard phrase
 
     def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
@@ -56,6 +57,21 @@ class ModelNotReady(ProblemError):
     status, slug = 503, "model-not-ready"
 
 
+class Overloaded(ProblemError):
+    status, slug = 503, "overloaded"
+
+
+class DeadlineExceeded(ProblemError):
+    status, slug = 504, "deadline-exceeded"
+
+
+class Abandoned(ProblemError):
+    """The client went away; nobody reads this answer, it only ends the handler."""
+
+    # nginx's "client closed request": not a standard status, so it names its own title.
+    status, slug, title = 499, "client-closed-request", "Client Closed Request"
+
+
 V2_PREFIX = "/v2"
 
 # OpenAPI response entries: problem+json for /v1 and the rest, {"error": ...} for /v2.
@@ -74,14 +90,17 @@ V2_ERROR_CONTENT: dict[str, Any] = {
 
 
 def problem(
-    status: int, detail: str, slug: str | None = None, request: Request | None = None, **extra: Any
+    status: int,
+    detail: str,
+    slug: str | None = None,
+    request: Request | None = None,
+    title: str | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     if request is not None and request.url.path.startswith(V2_PREFIX):
         # The Open Inference Protocol has its own error shape.
         return JSONResponse({"error": detail}, status_code=status)
-    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-    if status == 499:  # nginx's "client closed request": only logs and metrics see it
-        title = "Client Closed Request"
+    title = title or HTTPStatus(status).phrase
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + (slug or title.lower().replace(" ", "-")),
         "title": title,
@@ -100,7 +119,7 @@ def problem(
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
-        response = problem(exc.status, exc.detail, exc.slug, request)
+        response = problem(exc.status, exc.detail, exc.slug, request, exc.title)
         response.headers.update(exc.headers)
         return response
 

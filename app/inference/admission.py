@@ -20,23 +20,9 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
-from app.errors import ProblemError
+from app.errors import Abandoned, DeadlineExceeded, Overloaded
 
 T = TypeVar("T")
-
-
-class Overloaded(ProblemError):
-    status, slug = 503, "overloaded"
-
-
-class DeadlineExceeded(ProblemError):
-    status, slug = 504, "deadline-exceeded"
-
-
-class Abandoned(ProblemError):
-    """The client went away; nobody reads this answer, it only ends the handler."""
-
-    status, slug = 499, "client-closed-request"
 
 
 class Admission:

@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.inference.admission import Abandoned, Admission, DeadlineExceeded, Overloaded
+from app.errors import Abandoned, DeadlineExceeded, Overloaded
+from app.inference.admission import Admission
 from app.main import create_app
 from tests.app.conftest import png_bytes, running_server, wait_ready
 
@@ -154,3 +155,21 @@ def test_client_that_hangs_up_stops_the_work() -> None:
 
     asyncio.run(scenario())
     assert len(ran) < 25
+
+
+def test_abandoned_renders_as_a_499_problem_with_its_own_title() -> None:
+    from fastapi import FastAPI
+
+    from app.errors import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/gone")
+    async def gone() -> None:
+        raise Abandoned("the client closed the connection")
+
+    response = TestClient(app).get("/gone")
+    assert response.status_code == 499
+    assert response.json()["title"] == "Client Closed Request"
+    assert response.json()["type"].endswith("/client-closed-request")

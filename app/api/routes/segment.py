@@ -28,7 +28,6 @@ from app.schemas import ClassStat, ModelRef, SegmentationResponse
 router = APIRouter(prefix="/v1/models", tags=["segmentation"])
 
 OutputFormat = Literal["png", "json", "overlay", "confidence"]
-PROBLEM = PROBLEM_CONTENT
 
 REQUEST_BODY = {
     "required": True,
@@ -207,14 +206,14 @@ def _render(
             },
             "description": "The class map.",
         },
-        400: {"description": "Undecodable image", **PROBLEM},
-        404: {"description": "Unknown model", **PROBLEM},
-        406: {"description": "Accept header allows no output format", **PROBLEM},
-        413: {"description": "Body or declared image size above the limits", **PROBLEM},
-        504: {"description": "No result within SEG_REQUEST_TIMEOUT_S", **PROBLEM},
-        415: {"description": "Unsupported content type", **PROBLEM},
-        422: {"description": "Invalid parameters", **PROBLEM},
-        503: {"description": "Model not ready, or overloaded (see Retry-After)", **PROBLEM},
+        400: {"description": "Undecodable image", **PROBLEM_CONTENT},
+        404: {"description": "Unknown model", **PROBLEM_CONTENT},
+        406: {"description": "Accept header allows no output format", **PROBLEM_CONTENT},
+        413: {"description": "Body or declared image size above the limits", **PROBLEM_CONTENT},
+        504: {"description": "No result within SEG_REQUEST_TIMEOUT_S", **PROBLEM_CONTENT},
+        415: {"description": "Unsupported content type", **PROBLEM_CONTENT},
+        422: {"description": "Invalid parameters", **PROBLEM_CONTENT},
+        503: {"description": "Model not ready, or overloaded (see Retry-After)", **PROBLEM_CONTENT},
     },
 )
 async def segment_image(

@@ -14,10 +14,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.api.body import read_limited
-from app.api.deps import ExecutorDep, MetricsDep, RegistryDep, SettingsDep
+from app.api.deps import AdmissionDep, ExecutorDep, MetricsDep, RegistryDep, SettingsDep
 from app.errors import V2_ERROR_CONTENT, BadInferenceRequest, ModelNotFound, PayloadTooLarge
 from app.imaging.decode import decode_image
-from app.inference.admission import Admission
 from app.inference.pipeline import segment
 from app.inference.registry import ModelEntry, ModelState
 from app.inference.v2_codec import InferenceRequest, encode_response, parse_request
@@ -173,6 +172,7 @@ async def _infer_route(
     settings: SettingsDep,
     executor: ExecutorDep,
     metrics: MetricsDep,
+    admission: AdmissionDep,
 ) -> Response:
     if entry.state is not ModelState.ready:
         return JSONResponse(
@@ -180,7 +180,6 @@ async def _infer_route(
         )
     body = await read_limited(request, settings.max_upload_bytes)
     parsed, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
-    admission: Admission = request.app.state.admission
     content, json_length, inference_ms = await admission.run(
         executor, _infer, entry, parsed, tensors, settings.max_pixels
     )
@@ -195,14 +194,18 @@ async def _infer_route(
 @router.post("/models/{name}/infer", summary="Inference (JSON or binary tensor data)")
 async def infer(
     request: Request, registry: RegistryDep, settings: SettingsDep, executor: ExecutorDep,
-    metrics: MetricsDep, name: str,
+    metrics: MetricsDep, admission: AdmissionDep, name: str,
 ) -> Response:  # fmt: skip
-    return await _infer_route(request, _find(registry, name), settings, executor, metrics)
+    return await _infer_route(
+        request, _find(registry, name), settings, executor, metrics, admission
+    )
 
 
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference (one version)")
 async def infer_version(
     request: Request, registry: RegistryDep, settings: SettingsDep, executor: ExecutorDep,
-    metrics: MetricsDep, name: str, version: str,
+    metrics: MetricsDep, admission: AdmissionDep, name: str, version: str,
 ) -> Response:  # fmt: skip
-    return await _infer_route(request, _find(registry, name, version), settings, executor, metrics)
+    return await _infer_route(
+        request, _find(registry, name, version), settings, executor, metrics, admission
+    )
