@@ -28,8 +28,7 @@ from tqdm import tqdm
 
 from app.api.routes.segment import Options, _render
 from app.config import SHIPPED_MODEL_DIR, Device, Settings
-from app.imaging.decode import to_channels
-from app.inference.pipeline import preprocess
+from app.inference.pipeline import normalise, padded_channels, preprocess
 from app.inference.registry import ModelRegistry
 from app.inference.tiling import choose_plan, segment_tiled, tile_starts
 from bench.common import (
@@ -77,8 +76,7 @@ def tiled_vs_raw(registry: ModelRegistry, side: int) -> dict[str, Any]:
     started = time.perf_counter()
     result = segment_tiled(model, pixels, plan)
     tiled_s = time.perf_counter() - started
-    image = to_channels(pixels, 1).transpose(2, 0, 1).astype(np.float32) / 255
-    x = (image - spec.mean[0]) / spec.std[0]
+    x = normalise(padded_channels(pixels, spec), spec)  # the whole mosaic, as raw input
     starts = tile_starts(side, plan.size, plan.overlap)
     raw_s = 0.0
     for y in tqdm(starts, desc=f"raw tiles {side}", leave=False):

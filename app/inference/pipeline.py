@@ -30,15 +30,26 @@ def mirror_pad(x: np.ndarray, bottom: int, right: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, bottom), (0, right)), mode="edge")
 
 
-def preprocess(pixels: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """Canonical uint8 pixels to the float32 (1, C, H', W') input, H' and W' padded."""
+def padded_channels(pixels: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Canonical uint8 pixels to uint8 (C, H', W') for the model, mirror-padded at the
+    bottom/right to its size multiple (padding before normalising: a quarter of the bytes)."""
     chw = to_channels(pixels, spec.input_channels).transpose(2, 0, 1)
-    x = chw.astype(np.float32) * np.float32(1 / 255)
+    m = spec.size_multiple
+    h, w = chw.shape[1:]
+    return mirror_pad(chw, (-h) % m, (-w) % m)
+
+
+def normalise(chw: np.ndarray, spec: ModelSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 (C, H, W) to float32 `(v / 255 - mean) / std`, written into `out` when given."""
+    x: np.ndarray = np.multiply(chw, np.float32(1 / 255), out=out, dtype=np.float32)
     x -= np.asarray(spec.mean, np.float32)[:, None, None]
     x /= np.asarray(spec.std, np.float32)[:, None, None]
-    m = spec.size_multiple
-    h, w = x.shape[1:]
-    return mirror_pad(x, (-h) % m, (-w) % m)[None]
+    return x
+
+
+def preprocess(pixels: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Canonical uint8 pixels to the float32 (1, C, H', W') input, H' and W' padded."""
+    return normalise(padded_channels(pixels, spec), spec)[None]
 
 
 def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:

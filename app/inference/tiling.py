@@ -23,8 +23,13 @@ from typing import Literal
 import numpy as np
 
 from app.errors import InvalidParameter
-from app.imaging.decode import to_channels
-from app.inference.pipeline import Segmentation, confidence_map, run_probabilities
+from app.inference.pipeline import (
+    Segmentation,
+    confidence_map,
+    normalise,
+    padded_channels,
+    run_probabilities,
+)
 from app.inference.registry import ModelEntry
 from app.spec import ModelSpec
 
@@ -91,15 +96,6 @@ def choose_plan(
     return TilePlan(size, overlap, default.batch if default else 1)
 
 
-def mirror_pad_hwc(pixels: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
-    """Mirror padding of (H, W, C) on every side, repeated reflection for wide pads;
-    edge repetition along a side of one pixel (nothing to mirror)."""
-    widths = ((top, bottom), (left, right), (0, 0))
-    if min(pixels.shape[:2]) > 1:
-        return np.pad(pixels, widths, mode="reflect")
-    return np.pad(pixels, widths, mode="edge")
-
-
 class Stopped(Exception):
     """Tiled work stopped between tiles because nobody waits for the answer any more."""
 
@@ -115,19 +111,15 @@ def segment_tiled(
     assert model.spec is not None and model.session is not None
     spec, session = model.spec, model.session
     started = time.perf_counter()
-    image = to_channels(pixels, spec.input_channels)  # (H, W, C) uint8
-    height, width = image.shape[:2]
-    m = spec.size_multiple
-    padded = mirror_pad_hwc(image, 0, (-height) % m, 0, (-width) % m)
-    padded_h, padded_w = padded.shape[:2]
+    height, width = pixels.shape[:2]
+    padded = padded_channels(pixels, spec)  # (C, H', W') uint8
+    padded_h, padded_w = padded.shape[1:]
     # One tile shape per request; an image thinner than a tile is one tile across.
     tile_h, tile_w = min(plan.size, padded_h), min(plan.size, padded_w)
     o = plan.overlap
     corners = [
         (y, x) for y in tile_starts(padded_h, tile_h, o) for x in tile_starts(padded_w, tile_w, o)
     ]
-    mean = np.asarray(spec.mean, np.float32)[:, None, None]
-    scale = (1 / (np.asarray(spec.std, np.float32) * 255))[:, None, None]
     labels = np.empty((height, width), np.uint8)
     confidences = np.empty((height, width), np.uint8) if confidence else None
     use_labels_output = bool(spec.labels_output) and not (confidence or tta)
@@ -139,9 +131,7 @@ def segment_tiled(
         chunk = corners[first : first + plan.batch]
         tick = time.perf_counter()
         for i, (y, x) in enumerate(chunk):
-            tile = padded[y : y + tile_h, x : x + tile_w].transpose(2, 0, 1)
-            np.multiply(tile, scale, out=batch[i])
-            batch[i] -= mean * scale * 255  # (pixel / 255 - mean) / std
+            normalise(padded[:, y : y + tile_h, x : x + tile_w], spec, out=batch[i])
         batch[len(chunk) :] = batch[0]  # a short last batch keeps the session's input shape
         tock = time.perf_counter()
         if use_labels_output:

@@ -10,13 +10,12 @@ from PIL import Image
 
 from app.config import Device, Settings
 from app.errors import InvalidParameter
-from app.inference.pipeline import segment
+from app.inference.pipeline import mirror_pad, segment
 from app.inference.registry import ModelRegistry
 from app.inference.tiling import (
     Stopped,
     TilePlan,
     choose_plan,
-    mirror_pad_hwc,
     segment_tiled,
     tile_starts,
 )
@@ -88,9 +87,9 @@ def test_size_multiple_padding_is_mirrored(tmp_path: Path) -> None:
 
 
 def test_mirror_pad_repeats_reflection_for_pads_wider_than_the_image() -> None:
-    pixels = np.arange(3, dtype=np.uint8).reshape(1, 3, 1)
-    padded = mirror_pad_hwc(np.repeat(pixels, 2, axis=0), 0, 0, 5, 5)
-    assert padded[0, :, 0].tolist() == [1, 0, 1, 2, 1, 0, 1, 2, 1, 0, 1, 2, 1]
+    pixels = np.arange(3, dtype=np.uint8).reshape(1, 1, 3)
+    padded = mirror_pad(np.repeat(pixels, 2, axis=1), 0, 5)
+    assert padded[0, 0].tolist() == [0, 1, 2, 1, 0, 1, 2, 1]
 
 
 def test_confidence_and_tta(registry: ModelRegistry) -> None:
