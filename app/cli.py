@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.client import add_client_commands
+from app.client import add_client_commands, request
 from app.config import Device, Settings
 
 
@@ -52,18 +52,15 @@ def _healthcheck(args: argparse.Namespace) -> int:
     The port comes from the same settings as `serve`, so a changed SEG_PORT needs no second edit
     (an exec-form HEALTHCHECK cannot expand environment variables).
     """
-    import urllib.error
-    import urllib.request
-
     settings = Settings()
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     url = f"http://{host}:{args.port or settings.port}/health/ready"
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as response:
-            return 0 if response.status == 200 else 1
-    except (urllib.error.URLError, OSError) as exc:
+        status, _ = request("GET", url, timeout=args.timeout)
+    except OSError as exc:  # urllib's URLError included
         print(f"segserve healthcheck: {url}: {exc}", file=sys.stderr)
         return 1
+    return 0 if status == 200 else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

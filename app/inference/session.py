@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -46,19 +47,15 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
 SessionFactory = Callable[[str, ort.SessionOptions, list[str]], ort.InferenceSession]
 
 
-_cuda_libraries_loaded = False
-
-
+@functools.cache  # once per process
 def _preload_cuda_libraries() -> None:
     """Load the CUDA and cuDNN libraries of the `nvidia-*` wheels (onnxruntime-gpu's `cuda`
     and `cudnn` extras) so that the CUDA provider finds them without LD_LIBRARY_PATH.
     Missing libraries are not an error here: the provider check after session creation
     reports what the session really got."""
-    global _cuda_libraries_loaded
     preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21 only
-    if _cuda_libraries_loaded or preload is None:
+    if preload is None:
         return
-    _cuda_libraries_loaded = True
     try:
         preload(directory="")  # "": the nvidia site packages first, then the default paths
     except Exception as exc:  # best effort: the provider check after creation decides
