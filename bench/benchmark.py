@@ -96,7 +96,7 @@ def http(model_dir: Path, totals: dict[str, int]) -> dict[str, Any]:
     command = [python(), "-m", "app.cli", "serve", "--port", str(port), "--model-dir",
                str(model_dir), "--device", "cpu"]  # fmt: skip
     results: dict[str, Any] = {}
-    with server(command, port, {"SEG_LOG_LEVEL": "warning"}, "/health/ready") as pid:
+    with server(command, port, {"SEG_LOG_LEVEL": "warning"}, "/health/ready") as process:
         for name, total in totals.items():
             url = f"http://127.0.0.1:{port}/v1/models/{name}/segment"
             body = SAMPLE[name].read_bytes()
@@ -105,7 +105,7 @@ def http(model_dir: Path, totals: dict[str, int]) -> dict[str, Any]:
                 stats, rps = http_load(url, body, total if c > 1 else total // 2, c)
                 per[str(c)] = {"latency": stats, "rps": rps}
             results[name] = per
-        results["peak_rss_mib"] = peak_rss_mib(pid)
+        results["peak_rss_mib"] = peak_rss_mib(process.pid)
     return results
 
 
@@ -119,13 +119,13 @@ def naive_torch(totals: dict[str, int]) -> dict[str, Any]:
         command = [python(), "-m", "uvicorn", "bench.naive_torch_server:app", "--port", str(port),
                    "--log-level", "warning"]  # fmt: skip
         env = {"SEG_BENCH_CHECKPOINT": str(checkpoint)}
-        with server(command, port, env, "/ready") as pid:
+        with server(command, port, env, "/ready") as process:
             url = f"http://127.0.0.1:{port}/segment"
             body = SAMPLE[name].read_bytes()
             one, rps1 = http_load(url, body, total // 2, 1)
             _, rps4 = http_load(url, body, total, 4)
             results[name] = {"latency": one, "rps_1": rps1, "rps_4": rps4,
-                             "peak_rss_mib": peak_rss_mib(pid)}  # fmt: skip
+                             "peak_rss_mib": peak_rss_mib(process.pid)}  # fmt: skip
     return results
 
 

@@ -74,17 +74,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _status_mib(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {key} for process {pid}")
+
+
 def peak_rss_mib(pid: int) -> float:
     """VmHWM: the process's peak resident set size so far."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
+    return _status_mib(pid, "VmHWM")
+
+
+def rss_mib(pid: int) -> float:
+    """VmRSS: the process's resident set size now."""
+    return _status_mib(pid, "VmRSS")
 
 
 @contextlib.contextmanager
-def server(command: list[str], port: int, env: dict[str, str], ready_path: str) -> Iterator[int]:
-    """A server process on `port`; yields its pid once `ready_path` answers 200."""
+def server(
+    command: list[str], port: int, env: dict[str, str], ready_path: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process on `port`; yields it once `ready_path` answers 200."""
     process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -98,7 +109,7 @@ def server(command: list[str], port: int, env: dict[str, str], ready_path: str) 
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{command} never became ready")
             time.sleep(0.3)
-        yield process.pid
+        yield process
     finally:
         process.terminate()
         process.wait(timeout=60)

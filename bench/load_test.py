@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import signal
 import subprocess
@@ -27,7 +26,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.common import ROOT, SAMPLE, free_port
+from app.config import SHIPPED_MODEL_DIR
+from bench.common import SAMPLE, free_port, rss_mib, server
 
 
 @dataclass
@@ -64,13 +64,6 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     refused: int = 0
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def drive(
@@ -143,24 +136,12 @@ def run(
     models: dict[str, bytes] | None = None,
 ) -> dict[str, object]:
     port = free_port()
-    environment = {**os.environ, "SEG_LOG_LEVEL": "warning", "SEG_DRAIN_DELAY_S": "3",
-                   "SEG_DEVICE": "cpu", **(env or {})}  # fmt: skip
+    environment = {"SEG_LOG_LEVEL": "warning", "SEG_DRAIN_DELAY_S": "3", "SEG_DEVICE": "cpu",
+                   **(env or {})}  # fmt: skip
     command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--model-dir",
                str(model_dir)]  # fmt: skip
-    process = subprocess.Popen(command, env=environment, cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("server never became ready")
-            time.sleep(0.3)
+    with server(command, port, environment, "/health/ready") as process:
         rss_start = rss_mib(process.pid)
         if models is None:
             models = {name: path.read_bytes() for name, path in SAMPLE.items()}
@@ -168,9 +149,6 @@ def run(
                                             process, sigterm_at))  # fmt: skip
         rss_end = rss_mib(process.pid) if process.poll() is None else float("nan")
         exit_code = process.wait(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
     ms = np.asarray(result.latencies) * 1000
     server_errors = {s: n for s, n in result.statuses.items() if s >= 500 and s != 503}
     return {
@@ -189,7 +167,7 @@ def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, default=ROOT / "app" / "shipped_models")
+    parser.add_argument("--model-dir", type=Path, default=SHIPPED_MODEL_DIR)
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--sigterm-at", type=float, default=50, help="seconds into the run")
