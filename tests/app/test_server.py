@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.app.conftest import png_bytes, running_server
+from tests.app.conftest import png_bytes, running_server, server_output
 from tests.app.test_api import expected_grey, grey_pattern, read_png
 
 
@@ -30,7 +30,8 @@ def test_real_server_process_serves_and_stops_on_sigterm(model_dir: Path) -> Non
         port = base.rsplit(":", 1)[1]
         assert healthcheck(port).returncode == 0
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
+        process.wait(timeout=30)
+        output = server_output(process)
         stopped = healthcheck(port)
         assert stopped.returncode == 1 and "/health/ready" in stopped.stderr
     # uvicorn re-raises SIGTERM after draining, so the exit status is the signal's.
@@ -73,7 +74,8 @@ def test_sigterm_turns_readiness_503_first_and_finishes_accepted_requests(
             # Still accepted during the drain delay, and answered.
             assert segment(png_bytes(grey_pattern(20, 20).repeat(3).reshape(20, 20, 3))) == 200
             assert in_flight.result(timeout=60) == 200
-        output, _ = process.communicate(timeout=60)
+        process.wait(timeout=60)
+        output = server_output(process)
     assert process.returncode in (0, -signal.SIGTERM), output
 
 
