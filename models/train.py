@@ -1,6 +1,7 @@
 """Train a task: `python -m models.train --task unet-isbi --epochs 70`.
 
-Seeded, resumable (`--resume` picks up `last.pt` in the run folder), validates every
+Seeded, resumable (`--resume` picks up `last.pt` in the run folder), fine-tunes from
+another run's weights with `--init-from`, validates every
 `--val-every` epochs, keeps the best checkpoint by the task's selection metric and
 redraws a training-curve PNG as it goes.
 """
@@ -46,6 +47,7 @@ class TrainConfig:
     threads: int = 1
     seed: int = 0
     resume: bool = False
+    init_from: str = ""  # a checkpoint whose weights start a fine-tuning run (fresh optimiser)
 
     @property
     def run_dir(self) -> Path:
@@ -89,6 +91,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         optimizer.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
         print(f"resumed from {last} at epoch {state['epoch']}")
+    elif cfg.init_from:
+        ckpt = torch.load(cfg.init_from, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        print(f"weights from {cfg.init_from}")
     total_steps = cfg.epochs * cfg.steps_per_epoch
     loader = DataLoader(
         data.train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=0
