@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
+import onnxruntime as ort
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
@@ -18,7 +19,7 @@ from app.config import Settings
 from app.errors import install_error_handlers
 from app.inference.admission import Admission
 from app.inference.registry import ModelRegistry
-from app.inference.session import SessionFactory, _ort_session
+from app.inference.session import SessionFactory, _ort_session, default_workers
 from app.main_info import SERVER_NAME, VERSION
 from app.observability import Metrics, RequestContextMiddleware, configure_logging
 
@@ -35,7 +36,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="infer")
+        workers = settings.workers or default_workers(
+            settings.device, ort.get_available_providers()
+        )
+        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
         app.state.executor = executor
         registry.discover()
         # Load and warm up off the event loop: /health/live answers meanwhile and
@@ -45,7 +49,7 @@ def create_app(
             "models from %s, device=%s, %d worker(s) x %d onnxruntime thread(s), %d cores",
             settings.resolved_model_dir,
             settings.device.value,
-            settings.workers,
+            workers,
             settings.intra_op_threads,
             os.cpu_count() or 1,
         )
@@ -55,6 +59,7 @@ def create_app(
             if not loading.done():
                 await asyncio.wait({loading}, timeout=settings.shutdown_timeout_s)
             executor.shutdown(wait=True, cancel_futures=False)
+            registry.close()
 
     app = FastAPI(
         title=SERVER_NAME,

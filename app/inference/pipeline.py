@@ -59,16 +59,17 @@ def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
     return probabilities
 
 
-def run_probabilities(model: ModelEntry, x: np.ndarray, tta: bool = False) -> np.ndarray:
+def run_probabilities(
+    model: ModelEntry, x: np.ndarray, tta: bool = False, batchable: bool = True
+) -> np.ndarray:
     """Softmax (N, K, H, W) for a preprocessed batch. With `tta`, the average over the 8
     flips and 90-degree rotations of the input (the U-Net paper's test-time augmentation),
     each mapped back before averaging."""
-    assert model.spec is not None and model.session is not None
-    spec, session = model.spec, model.session
+    assert model.spec is not None
+    spec = model.spec
 
     def probabilities(batch: np.ndarray) -> np.ndarray:
-        (logits,) = session.run([spec.logits_output], {spec.input_name: batch})
-        return softmax(logits, axis=1)
+        return softmax(model.run(spec.logits_output, batch, batchable), axis=1)
 
     if not tta:
         return probabilities(x)
@@ -98,7 +99,7 @@ def segment(
 ) -> Segmentation:
     """Class map for one decoded image in one pass; uses the graph's argmax output when
     nothing else is asked for (no float logits leave the session then)."""
-    assert model.spec is not None and model.session is not None
+    assert model.spec is not None
     spec = model.spec
     h, w = pixels.shape[:2]
     started = time.perf_counter()
@@ -106,8 +107,7 @@ def segment(
     prepared = time.perf_counter()
     probs = confidences = None
     if spec.labels_output and not (probabilities or confidence or tta):
-        (out,) = model.session.run([spec.labels_output], {spec.input_name: x})
-        labels = out[0, :h, :w]
+        labels = model.run(spec.labels_output, x)[0, :h, :w]
     else:
         full = run_probabilities(model, x, tta)[0, :, :h, :w]
         labels = full.argmax(0)

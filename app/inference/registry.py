@@ -18,10 +18,14 @@ import onnxruntime as ort
 
 from app.config import Settings
 from app.errors import ModelNotFound, ModelNotReady
-from app.inference.session import SessionFactory, _ort_session, create_session
+from app.inference.batching import DynamicBatcher
+from app.inference.runner import SessionRunner
+from app.inference.session import CUDA, SessionFactory, _ort_session, create_session
 from app.spec import ModelSpec
 
 log = logging.getLogger("segserve.registry")
+
+CUDA_TILE_BATCH = 8  # tiles per run on CUDA unless SEG_TILE_BATCH says otherwise
 
 
 class ModelState(StrEnum):
@@ -38,6 +42,19 @@ class ModelEntry:
     spec: ModelSpec | None = None
     session: ort.InferenceSession | None = None
     providers: list[str] = field(default_factory=list)
+    runner: SessionRunner | None = None
+    batcher: DynamicBatcher | None = None
+    tile_batch: int = 1  # tiles per session run
+    pipelined_tiles: bool = False  # prepare the next tile batch while one runs (CUDA)
+
+    def run(self, output: str, x: np.ndarray, batchable: bool = True) -> np.ndarray:
+        """`output` for the NCHW batch `x`; through the dynamic batcher when it is on and
+        `x` is one request's image (tile batches are batches already)."""
+        if self.batcher is not None and batchable:
+            return self.batcher.submit(output, x)
+        if self.runner is None:
+            raise ModelNotReady(f"model {self.name!r} is {self.state.value}")
+        return self.runner(output, x)
 
     @property
     def name(self) -> str:
@@ -76,7 +93,11 @@ class ModelRegistry:
         path = self.settings.resolved_model_dir / entry.file
         try:
             session, providers = create_session(
-                path, self.settings.device, self.settings.intra_op_threads, self.factory
+                path,
+                self.settings.device,
+                self.settings.intra_op_threads,
+                self.factory,
+                cuda_options={"cudnn_conv_algo_search": self.settings.cudnn_algo_search},
             )
             spec = ModelSpec.from_metadata(dict(session.get_modelmeta().custom_metadata_map))
             if any(e.spec and e.spec.name == spec.name for e in self.entries if e is not entry):
@@ -84,6 +105,7 @@ class ModelRegistry:
             _check_graph(session, spec)
             entry.spec, entry.session, entry.providers = spec, session, providers
             warm_up(session, spec)
+            self._attach_runner(entry, session, spec)
         except Exception as exc:  # any failure marks this model only
             entry.state = ModelState.failed
             entry.reason = _clean(str(exc), path)
@@ -92,6 +114,29 @@ class ModelRegistry:
             return
         entry.state = ModelState.ready
         log.info("model %s (%s) ready on %s", spec.name, entry.file, ",".join(providers))
+
+    def _attach_runner(
+        self, entry: ModelEntry, session: ort.InferenceSession, spec: ModelSpec
+    ) -> None:
+        on_cuda = CUDA in entry.providers
+        bind_on = "cuda" if on_cuda and self.settings.io_binding else None
+        entry.runner = SessionRunner(session, spec.input_name, bind_on)
+        default_tiles = spec.tile.batch if spec.tile else 1
+        entry.tile_batch = self.settings.tile_batch or (
+            CUDA_TILE_BATCH if on_cuda else default_tiles
+        )
+        entry.pipelined_tiles = on_cuda
+        max_batch = self.settings.batch_max_size
+        if max_batch > 1:
+            delay_s = self.settings.batch_max_delay_ms / 1000
+            entry.batcher = DynamicBatcher(entry.runner, max_batch, delay_s, spec.name)
+
+    def close(self) -> None:
+        """Stops the batching threads (after running what waits)."""
+        for entry in self.entries:
+            if entry.batcher is not None:
+                entry.batcher.close()
+                entry.batcher = None
 
     @property
     def ready(self) -> bool:

@@ -31,6 +31,15 @@ def requested_providers(device: Device, available: list[str]) -> list[str]:
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
+def default_workers(device: Device, available: list[str]) -> int:
+    """Request threads when SEG_WORKERS is unset: on CPU one inference already uses every
+    core, so one at a time; with CUDA, enough to decode and encode on the CPU while the
+    GPU runs, and to fill a dynamic batch."""
+    if device is Device.cpu or (device is Device.auto and CUDA not in available):
+        return 1
+    return 8
+
+
 def session_options(intra_op_threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
@@ -44,7 +53,8 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     return options
 
 
-SessionFactory = Callable[[str, ort.SessionOptions, list[str]], ort.InferenceSession]
+Provider = str | tuple[str, dict[str, str]]  # a name, or a name with provider options
+SessionFactory = Callable[[str, ort.SessionOptions, list[Provider]], ort.InferenceSession]
 
 
 @functools.cache  # once per process
@@ -63,9 +73,9 @@ def _preload_cuda_libraries() -> None:
 
 
 def _ort_session(
-    path: str, options: ort.SessionOptions, providers: list[str]
+    path: str, options: ort.SessionOptions, providers: list[Provider]
 ) -> ort.InferenceSession:
-    if CUDA in providers:
+    if any(p == CUDA or (isinstance(p, tuple) and p[0] == CUDA) for p in providers):
         _preload_cuda_libraries()
     return ort.InferenceSession(path, options, providers=providers)
 
@@ -76,10 +86,14 @@ def create_session(
     intra_op_threads: int,
     factory: SessionFactory = _ort_session,
     available: Callable[[], list[str]] = ort.get_available_providers,
+    cuda_options: dict[str, str] | None = None,
 ) -> tuple[ort.InferenceSession, list[str]]:
     """A session and the providers it really got (onnxruntime falls back silently)."""
     providers = requested_providers(device, list(available()))
-    session = factory(str(path), session_options(intra_op_threads), providers)
+    with_options: list[Provider] = [
+        (p, cuda_options) if p == CUDA and cuda_options else p for p in providers
+    ]
+    session = factory(str(path), session_options(intra_op_threads), with_options)
     active = list(session.get_providers())
     if CUDA in providers and CUDA not in active:
         log.warning("CUDA provider requested for %s but the session runs on %s", path.name, active)

@@ -92,6 +92,27 @@ def test_mirror_pad_repeats_reflection_for_pads_wider_than_the_image() -> None:
     assert padded[0, 0].tolist() == [0, 1, 2, 1, 0, 1, 2, 1]
 
 
+@pytest.mark.parametrize("options", [{}, {"confidence": True}, {"tta": True}])
+def test_pipelined_tiles_give_the_same_maps(
+    registry: ModelRegistry, options: dict[str, bool]
+) -> None:
+    """Preparing the next batch while one runs (the CUDA default) changes no pixel, also
+    with a short last batch."""
+    model = entry(registry, "tiny-box")
+    pixels = noise(150, 170, seed=3)
+    plan = TilePlan(40, 4, batch=4)  # 30 tiles: the last batch is short
+    plain = segment_tiled(model, pixels, plan, **options)
+    model.pipelined_tiles = True
+    try:
+        pipelined = segment_tiled(model, pixels, plan, **options)
+    finally:
+        model.pipelined_tiles = False
+    assert pipelined.tiles == plain.tiles and pipelined.tiles % plan.batch != 0
+    assert np.array_equal(pipelined.labels, plain.labels)
+    if options.get("confidence"):
+        assert np.array_equal(pipelined.confidence, plain.confidence)  # type: ignore[arg-type]
+
+
 def test_confidence_and_tta(registry: ModelRegistry) -> None:
     model = entry(registry, "tiny-rgb")
     pixels = noise(70, 90, channels=3, seed=5)

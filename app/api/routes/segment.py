@@ -122,7 +122,7 @@ def _run(
     height, width = pixels.shape[:2]
     plan = choose_plan(
         model.spec, height, width, whole_image_max,
-        options.tiling, options.tile_size, options.tile_overlap,
+        options.tiling, options.tile_size, options.tile_overlap, model.tile_batch,
     )  # fmt: skip
     confidence = options.fmt == "confidence"
     if plan is None:
