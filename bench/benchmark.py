@@ -30,6 +30,7 @@ from app.api.routes.segment import Options, _render
 from app.config import SHIPPED_MODEL_DIR, Device, Settings
 from app.inference.pipeline import normalise, padded_channels, preprocess
 from app.inference.registry import ModelRegistry
+from app.inference.runner import SessionRunner
 from app.inference.tiling import choose_plan, segment_tiled, tile_starts
 from bench.common import (
     ROOT,
@@ -66,42 +67,53 @@ def raw_and_pipeline(registry: ModelRegistry, name: str, repeats: int) -> dict[s
 
 
 def tiled_vs_raw(registry: ModelRegistry, side: int) -> dict[str, Any]:
-    """px/s of the tiled pipeline vs session.run on the very same tiles."""
+    """px/s of the tiled pipeline vs session.run on the very same tile batches."""
     model = registry.get("unet-isbi")
     assert model.spec is not None and model.session is not None
     spec, session = model.spec, model.session
     pixels = em_mosaic(side)
-    plan = choose_plan(spec, side, side, 0)  # force the model's default tiling
+    plan = choose_plan(spec, side, side, 0, batch=model.tile_batch)  # force tiling
     assert plan is not None
+    segment_tiled(model, pixels, plan)  # warm: first runs of this batch shape
     started = time.perf_counter()
     result = segment_tiled(model, pixels, plan)
     tiled_s = time.perf_counter() - started
     x = normalise(padded_channels(pixels, spec), spec)  # the whole mosaic, as raw input
     starts = tile_starts(side, plan.size, plan.overlap)
+    tiles = [
+        np.ascontiguousarray(x[:, y : y + plan.size, x0 : x0 + plan.size])
+        for y in starts
+        for x0 in starts
+    ]
+    tiles += [tiles[0]] * (-len(tiles) % plan.batch)  # the service pads its last batch too
     raw_s = 0.0
-    for y in tqdm(starts, desc=f"raw tiles {side}", leave=False):
-        for x0 in starts:
-            tile = np.ascontiguousarray(x[None, :, y : y + plan.size, x0 : x0 + plan.size])
-            tick = time.perf_counter()
-            session.run([spec.labels_output], {spec.input_name: tile})
-            raw_s += time.perf_counter() - tick
+    for first in tqdm(range(0, len(tiles), plan.batch), desc=f"raw tiles {side}", leave=False):
+        batch = np.stack(tiles[first : first + plan.batch])
+        tick = time.perf_counter()
+        session.run([spec.labels_output], {spec.input_name: batch})
+        raw_s += time.perf_counter() - tick
     return {
-        "side": side, "tile": plan.size, "overlap": plan.overlap, "tiles": result.tiles,
-        "tiled_mpx_s": side * side / tiled_s / 1e6, "raw_mpx_s": side * side / raw_s / 1e6,
+        "side": side, "tile": plan.size, "overlap": plan.overlap, "batch": plan.batch,
+        "tiles": result.tiles, "tiled_mpx_s": side * side / tiled_s / 1e6,
+        "raw_mpx_s": side * side / raw_s / 1e6,
     }  # fmt: skip
 
 
-def http(model_dir: Path, totals: dict[str, int]) -> dict[str, Any]:
+def http(
+    model_dir: Path, device: Device, totals: dict[str, int], env: dict[str, str] | None = None,
+    concurrency: tuple[int, ...] = CONCURRENCY,
+) -> dict[str, Any]:  # fmt: skip
     port = free_port()
     command = [python(), "-m", "app.cli", "serve", "--port", str(port), "--model-dir",
-               str(model_dir), "--device", "cpu"]  # fmt: skip
+               str(model_dir), "--device", device.value]  # fmt: skip
     results: dict[str, Any] = {}
-    with server(command, port, {"SEG_LOG_LEVEL": "warning"}, "/health/ready") as process:
+    env = {"SEG_LOG_LEVEL": "warning", **(env or {})}
+    with server(command, port, env, "/health/ready") as process:
         for name, total in totals.items():
             url = f"http://127.0.0.1:{port}/v1/models/{name}/segment"
             body = SAMPLE[name].read_bytes()
             per: dict[str, Any] = {}
-            for c in tqdm(CONCURRENCY, desc=f"http {name}", leave=False):
+            for c in tqdm(concurrency, desc=f"http {name}", leave=False):
                 stats, rps = http_load(url, body, total if c > 1 else total // 2, c)
                 per[str(c)] = {"latency": stats, "rps": rps}
             results[name] = per
@@ -109,7 +121,62 @@ def http(model_dir: Path, totals: dict[str, int]) -> dict[str, Any]:
     return results
 
 
-def naive_torch(totals: dict[str, int]) -> dict[str, Any]:
+def batching(model_dir: Path, device: Device, totals: dict[str, int]) -> dict[str, Any]:
+    """Throughput at concurrency 8 and 16 with dynamic batching off and on (at most 8), the
+    same number of worker threads either way."""
+    runs = {}
+    for label, size in (("off", "1"), ("on", "8")):
+        env = {"SEG_BATCH_MAX_SIZE": size, "SEG_WORKERS": "16"}
+        runs[label] = http(model_dir, device, totals, env, concurrency=(8, 16))
+    return runs
+
+
+def io_binding(registry: ModelRegistry, repeats: int) -> dict[str, Any]:
+    """Raw session time through a plain `run` vs IO binding, batch 1 and 8 (CUDA only)."""
+    rows: dict[str, Any] = {}
+    for name in TARGETS:
+        model = registry.get(name)
+        assert model.spec is not None and model.session is not None
+        pixels = np.asarray(Image.open(SAMPLE[name]).convert(
+            "L" if model.spec.input_channels == 1 else "RGB"))  # fmt: skip
+        one = preprocess(pixels, model.spec)
+        for n in (1, 8):
+            x = np.ascontiguousarray(np.repeat(one, n, axis=0))
+            for bind_on in (None, "cuda"):
+                run = SessionRunner(model.session, model.spec.input_name, bind_on)
+                key = f"{name} batch {n} {'io_binding' if bind_on else 'run'}"
+                output = model.spec.labels_output
+                rows[key] = time_calls(lambda run=run, x=x, output=output: run(output, x), repeats)
+    return rows
+
+
+def algo_search(model_dir: Path, repeats: int) -> dict[str, Any]:
+    """cuDNN algorithm search modes: first run of a new input shape, then steady p50."""
+    rows: dict[str, Any] = {}
+    for mode in ("EXHAUSTIVE", "HEURISTIC"):
+        registry = ModelRegistry(
+            Settings(model_dir=model_dir, device=Device.cuda, cudnn_algo_search=mode)
+        )
+        registry.discover()
+        registry.load_all()
+        for name in TARGETS:
+            model = registry.get(name)
+            assert model.spec is not None and model.session is not None
+            pixels = np.asarray(Image.open(SAMPLE[name]).convert(
+                "L" if model.spec.input_channels == 1 else "RGB"))  # fmt: skip
+            x = preprocess(pixels, model.spec)
+            session, output = model.session, model.spec.labels_output
+            feeds = {model.spec.input_name: x}
+            tick = time.perf_counter()
+            session.run([output], feeds)
+            first_ms = (time.perf_counter() - tick) * 1000
+            steady = time_calls(lambda s=session, o=output, f=feeds: s.run([o], f), repeats)
+            rows[f"{name} {mode}"] = {"first_ms": first_ms, "steady": steady}
+        registry.close()
+    return rows
+
+
+def naive_torch(totals: dict[str, int], device: Device) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, total in totals.items():
         checkpoint = ROOT / "runs" / name / "best.pt"
@@ -118,7 +185,7 @@ def naive_torch(totals: dict[str, int]) -> dict[str, Any]:
         port = free_port()
         command = [python(), "-m", "uvicorn", "bench.naive_torch_server:app", "--port", str(port),
                    "--log-level", "warning"]  # fmt: skip
-        env = {"SEG_BENCH_CHECKPOINT": str(checkpoint)}
+        env = {"SEG_BENCH_CHECKPOINT": str(checkpoint), "SEG_BENCH_DEVICE": device.value}
         with server(command, port, env, "/ready") as process:
             url = f"http://127.0.0.1:{port}/segment"
             body = SAMPLE[name].read_bytes()
@@ -129,12 +196,12 @@ def naive_torch(totals: dict[str, int]) -> dict[str, Any]:
     return results
 
 
-def memory(model_dir: Path, sides: list[int]) -> list[dict[str, Any]]:
+def memory(model_dir: Path, device: Device, sides: list[int]) -> list[dict[str, Any]]:
     rows = []
     for side in tqdm(sides, desc="peak RSS", leave=False):
         out = subprocess.run(
             [python(), "-m", "bench.memory_probe", "--side", str(side), "--model-dir",
-             str(model_dir)],
+             str(model_dir), "--device", device.value],
             capture_output=True, text=True, cwd=ROOT, check=True,
         )  # fmt: skip
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -152,7 +219,8 @@ def plain(value: Any) -> Any:
 
 
 def summary(report: dict[str, Any]) -> list[str]:
-    lines = [f"segserve benchmark, {report['cpu_count']} CPU cores, {report['device']}", ""]
+    on = f"{report['gpu']}, " if "gpu" in report else ""
+    lines = [f"segserve benchmark, {on}{report['cpu_count']} CPU cores, {report['device']}", ""]
     lines.append(
         "| model | image | raw ORT p50 | pipeline p50 | HTTP p50 / p95 (c=1) | HTTP / raw | "
         "target | rps c=1 / 2 / 4 / 8 | c=4 vs 1/raw | naive torch p50, rps c=4 |"
@@ -174,14 +242,34 @@ def summary(report: dict[str, Any]) -> list[str]:
     t = report["tiled"]
     ratio = t["tiled_mpx_s"] / t["raw_mpx_s"]
     lines += ["", f"Tiled {t['side']}x{t['side']} EM mosaic ({t['tiles']} tiles of {t['tile']}, "
-              f"overlap {t['overlap']}): {t['tiled_mpx_s']:.3f} Mpx/s vs raw onnxruntime on the "
-              f"same tiles {t['raw_mpx_s']:.3f} Mpx/s: ratio {ratio:.3f} (target >= 0.9)", "",
+              f"overlap {t['overlap']}, {t.get('batch', 1)} per run): {t['tiled_mpx_s']:.3f} "
+              f"Mpx/s vs raw onnxruntime on the same tiles {t['raw_mpx_s']:.3f} Mpx/s: "
+              f"ratio {ratio:.3f} (target >= 0.9)", "",
               f"Server peak RSS after the HTTP runs: {report['http']['peak_rss_mib']:.0f} MiB", "",
               "| image (U-Net, PNG in, PNG out) | tiles | seconds | peak RSS |",
               "| --- | --- | --- | --- |"]  # fmt: skip
     for row in report["memory"]:
         lines.append(f"| {row['side']} x {row['side']} | {row['tiles']} | {row['seconds']} | "
                      f"{row['peak_rss_mib']:.0f} MiB |")  # fmt: skip
+    b = report["batching"]
+    lines += ["", "Dynamic batching (SEG_WORKERS=16): requests/s, SEG_BATCH_MAX_SIZE 1 -> 8:",
+              "", "| model | c=8 | c=16 | p50 at c=16 |", "| --- | --- | --- | --- |"]  # fmt: skip
+    for name in report["single"]:
+        off, on_ = b["off"][name], b["on"][name]
+        cells = [
+            f"{off[c]['rps']:.2f} -> {on_[c]['rps']:.2f} ({on_[c]['rps'] / off[c]['rps']:.2f}x)"
+            for c in ("8", "16")
+        ]
+        p50 = f"{off['16']['latency'].p50_ms:.0f} -> {on_['16']['latency'].p50_ms:.0f} ms"
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {p50} |")
+    if "io_binding" in report:
+        lines += ["", "| raw session (labels output) | p50 |", "| --- | --- |"]
+        for key, stats in report["io_binding"].items():
+            lines.append(f"| {key} | {stats.p50_ms:.2f} ms |")
+        lines += ["", "| cuDNN algorithm search | first run of a new shape | then p50 |",
+                  "| --- | --- | --- |"]  # fmt: skip
+        for key, row in report["algo_search"].items():
+            lines.append(f"| {key} | {row['first_ms']:.1f} ms | {row['steady'].p50_ms:.2f} ms |")
     return lines
 
 
@@ -212,7 +300,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     right.set_ylabel("requests / s (dashed: 1 / raw latency)")
     right.set_xticks(CONCURRENCY)
     right.legend()
-    fig.suptitle(f"segserve on {report['cpu_count']} CPU cores ({report['device']})")
+    where = report.get("gpu", f"{report['cpu_count']} CPU cores")
+    fig.suptitle(f"segserve on {where} ({report['device']})")
     fig.tight_layout()
     fig.savefig(path)
 
@@ -221,21 +310,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=SHIPPED_MODEL_DIR)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--device", type=Device, default=Device.cpu, help="cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="fewer requests, no 8192 square")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies request counts")
     args = parser.parse_args()
-    repeats = 10 if args.quick else 30
-    totals = {"unet-isbi": 16, "dilated-camvid": 24} if args.quick else {
+    repeats = int((10 if args.quick else 30) * args.scale)
+    base = {"unet-isbi": 16, "dilated-camvid": 24} if args.quick else {
         "unet-isbi": 40, "dilated-camvid": 60}  # fmt: skip
-    registry = ModelRegistry(Settings(model_dir=args.model_dir, device=Device.cpu))
+    totals = {name: int(n * args.scale) for name, n in base.items()}
+    registry = ModelRegistry(Settings(model_dir=args.model_dir, device=args.device))
     registry.discover()
     registry.load_all()
-    report: dict[str, Any] = {"cpu_count": os.cpu_count(), "device": "CPUExecutionProvider"}
+    providers = registry.get("unet-isbi").providers
+    report: dict[str, Any] = {"cpu_count": os.cpu_count(), "device": providers[0]}
+    if args.device is Device.cuda:
+        report["gpu"] = gpu_name()
+        report["io_binding"] = io_binding(registry, repeats)
+        report["algo_search"] = algo_search(args.model_dir, repeats)
     report["single"] = {n: raw_and_pipeline(registry, n, repeats) for n in TARGETS}
     report["tiled"] = tiled_vs_raw(registry, 2048 if args.quick else 4096)
+    registry.close()
     del registry  # its sessions' memory and threads must not count against the servers
-    report["http"] = http(args.model_dir, totals)
-    report["naive_torch"] = naive_torch(totals)
-    report["memory"] = memory(args.model_dir, [2048, 4096] + ([] if args.quick else [8192]))
+    report["http"] = http(args.model_dir, args.device, totals)
+    report["batching"] = batching(args.model_dir, args.device, totals)
+    report["naive_torch"] = naive_torch(totals, args.device)
+    report["memory"] = memory(args.model_dir, args.device,
+                              [2048, 4096] + ([] if args.quick else [8192]))  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     lines = summary(report)
     print("\n".join(lines))
@@ -243,6 +343,15 @@ def main() -> None:
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     plot(report, args.out / "benchmark.png")
     print(f"\nwrote {args.out}/report.json, summary.md and benchmark.png")
+
+
+def gpu_name() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown GPU"
+    return out.stdout.strip().splitlines()[0]
 
 
 if __name__ == "__main__":

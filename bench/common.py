@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "datasets"
+# BENCH_DATA_ROOT: where the shared datasets are, when not beside the checkout
+DATA = Path(os.environ.get("BENCH_DATA_ROOT", ROOT.parent / "shared" / "datasets"))
 ISBI_SLICE = DATA / "isbi2012" / "images" / "21.png"
 CAMVID_FRAME = DATA / "camvid" / "val" / "0016E5_08041.png"
 SAMPLE = {"unet-isbi": ISBI_SLICE, "dilated-camvid": CAMVID_FRAME}
@@ -136,7 +137,9 @@ async def _load(url: str, body: bytes, total: int, concurrency: int) -> tuple[li
 
 def http_load(url: str, body: bytes, total: int, concurrency: int) -> tuple[Stats, float]:
     """(latency stats, requests per second) for `total` requests, `concurrency` at once."""
-    asyncio.run(_load(url, body, min(concurrency, 2), min(concurrency, 2)))  # warm connections
+    # Warm the connections and the server's batch shapes at this concurrency first: each new
+    # input shape costs a slow first run on CUDA
+    asyncio.run(_load(url, body, 4 * concurrency, concurrency))
     latencies, elapsed = asyncio.run(_load(url, body, total, concurrency))
     return Stats.of(latencies), total / elapsed
 

@@ -19,9 +19,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--side", type=int, required=True)
     parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--device", type=Device, default=Device.cpu)
     args = parser.parse_args()
 
-    settings = Settings(model_dir=args.model_dir, device=Device.cpu)
+    settings = Settings(model_dir=args.model_dir, device=args.device)
     registry = ModelRegistry(settings)
     registry.discover()
     registry.load_all()

@@ -1,5 +1,6 @@
 """The naive baseline: a plain FastAPI handler running the torch model eagerly per request.
-`SEG_BENCH_CHECKPOINT=runs/unet-isbi/best.pt uvicorn bench.naive_torch_server:app`"""
+`SEG_BENCH_CHECKPOINT=runs/unet-isbi/best.pt uvicorn bench.naive_torch_server:app`
+(`SEG_BENCH_DEVICE=cuda` runs it on the GPU)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ checkpoint = torch.load(os.environ["SEG_BENCH_CHECKPOINT"], map_location="cpu", 
 task = get_task(checkpoint["task"], DEFAULT_DATA_ROOT)
 model = build_model(checkpoint["arch"], **checkpoint["arch_options"])
 model.load_state_dict(checkpoint["model"])
-model.eval()
+device = torch.device(os.environ.get("SEG_BENCH_DEVICE", "cpu"))
+model.eval().to(device)
 app = FastAPI()
 
 
@@ -35,7 +37,7 @@ async def segment(request: Request) -> Response:
     image = Image.open(io.BytesIO(await request.body()))
     pixels = np.asarray(image.convert("L" if len(task.mean) == 1 else "RGB"))
     x = normalise(pixels, task.mean, task.std)
-    labels = predict_logits(model, x, model.cfg.size_multiple).argmax(1)[0]
+    labels = predict_logits(model, x.to(device), model.cfg.size_multiple).argmax(1)[0].cpu()
     buffer = io.BytesIO()
     Image.fromarray(labels.numpy().astype(np.uint8)).save(buffer, format="PNG")
     return Response(buffer.getvalue(), media_type="image/png")

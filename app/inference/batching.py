@@ -5,9 +5,10 @@ input, waits up to `max_delay_s` for more inputs of the same shape and output, j
 to `max_batch` rows into one batch, runs it and hands each caller its rows back. Inputs
 of another shape wait for a later batch, in arrival order.
 
-Batches are padded (with copies of their last row) to a power of two, at most
-`max_batch`: every new input shape costs a slow first run (cuDNN algorithm choice, kernel
-loading: 36-190 ms measured on an H200), so batch sizes 1, 2, 4, 8 instead of 1 to 8.
+Every batch is padded (with copies of its last row) to `max_batch` rows, so the session
+always sees one shape per image size: measured on an H200 (`bench/batching_probe.py`),
+batches of varying size cost 37-100 ms each, about what the first run of a new shape
+costs, while 8-row batches of one shape ran in 8 ms.
 
 It pays where one run of a batch costs much less than the runs of its parts (a GPU);
 on a CPU a batch costs about the sum of its images, and the wait only adds latency.
@@ -106,9 +107,8 @@ class DynamicBatcher:
     def _run(self, batch: list[_Request]) -> None:
         try:
             x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
-            rows = padded_rows(len(x), self.max_batch)
-            if rows > len(x):
-                x = np.concatenate([x, np.repeat(x[-1:], rows - len(x), axis=0)])
+            if len(x) < self.max_batch:
+                x = np.concatenate([x, np.repeat(x[-1:], self.max_batch - len(x), axis=0)])
             out = self.run(batch[0].output, x)
         except BaseException as exc:  # every caller of this batch gets the error
             for request in batch:
@@ -121,11 +121,3 @@ class DynamicBatcher:
             n = len(request.x)
             request.result.set_result(out[start : start + n])
             start += n
-
-
-def padded_rows(rows: int, max_batch: int) -> int:
-    """The power of two at or above `rows`, but no more than `max_batch` (a lone input larger
-    than `max_batch` keeps its size)."""
-    if rows >= max_batch:
-        return rows
-    return min(1 << (rows - 1).bit_length(), max_batch)

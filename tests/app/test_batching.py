@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from app.config import Device, Settings
-from app.inference.batching import DynamicBatcher, padded_rows
+from app.inference.batching import DynamicBatcher
 from app.inference.pipeline import segment
 from app.inference.registry import ModelRegistry
 from app.inference.runner import SessionRunner
@@ -76,8 +76,7 @@ def test_each_caller_gets_its_own_rows_and_batches_are_bounded(
         results = [f.result(timeout=20) for f in futures]
     for (_, x), result in zip(items, results, strict=True):
         np.testing.assert_array_equal(result, x * 2)
-    assert sum(recorder.batch_rows) == 9
-    assert recorder.batch_rows == [1, 4, 4]  # the 8 waiting ran as two full batches
+    assert recorder.batch_rows == [4, 4, 4]  # the lone first padded; the 8 waiting: two full
     assert b.batches == 3 and b.rows == 9
 
 
@@ -162,22 +161,20 @@ def test_batching_and_io_binding_give_the_same_class_maps(tmp_path: Path) -> Non
         batched.close()
 
 
-def test_batches_are_padded_to_powers_of_two(
+def test_batches_are_padded_to_one_shape(
     batcher: tuple[DynamicBatcher, Recorder, threading.Event],
 ) -> None:
     b, recorder, hold = batcher
-    items = [("double", np.full((1, 1, 2, 2), i, np.float32)) for i in range(4)]
+    items = [("double", np.full((1, 1, 2, 2), i, np.float32)) for i in range(3)]
     with ThreadPoolExecutor(len(items)) as pool:
         futures = [pool.submit(b.submit, *items[0])]
         wait_queued(b, 1)
         wait_queued(b, 0, taken=True)
         futures += [pool.submit(b.submit, output, x) for output, x in items[1:]]
-        wait_queued(b, 3)
+        wait_queued(b, 2)
         hold.set()
         results = [f.result(timeout=20) for f in futures]
     for (_, x), result in zip(items, results, strict=True):
         np.testing.assert_array_equal(result, x * 2)
-    assert recorder.batch_rows == [1, 4]  # three requests ran as a batch of four
-    assert b.rows == 4
-    assert [padded_rows(n, 8) for n in range(1, 10)] == [1, 2, 4, 4, 8, 8, 8, 8, 9]
-    assert padded_rows(3, 6) == 4 and padded_rows(5, 6) == 6
+    assert recorder.batch_rows == [4, 4]  # one request, then two, each run as four rows
+    assert b.rows == 3 and b.batches == 2
