@@ -73,6 +73,28 @@ def measure_latency(
     }
 
 
+def training_recipe(checkpoint: dict[str, Any]) -> str:
+    """The stages that made the checkpoint, first to last (fine-tuning runs name their
+    parent checkpoint's recipe through `parent`)."""
+    stages = []
+    node: dict[str, Any] | None = checkpoint
+    while node:
+        stages.append(node)
+        node = node.get("parent")
+    lines = []
+    for number, stage in enumerate(reversed(stages), 1):
+        cfg = stage.get("config") or {}
+        skip = ("data_root", "out_dir", "resume", "init_from")
+        recipe = ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in skip)
+        how = "fine-tuned from stage " + str(number - 1) if cfg.get("init_from") else "from scratch"
+        minutes = (stage.get("train_seconds") or 0) / 60
+        lines.append(
+            f"{number}. {how}, {minutes:.0f} minutes on 1 CPU thread, best epoch "
+            f"{stage.get('epoch')}: {recipe}."
+        )
+    return "\n".join(lines)
+
+
 def write_card(
     path: Path,
     spec: ModelSpec,
@@ -85,11 +107,7 @@ def write_card(
     onnx_bytes: int,
     example_png: str,
 ) -> None:
-    cfg = checkpoint.get("config", {})
     metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(spec.metrics.items()))
-    recipe = ", ".join(
-        f"{k}={v}" for k, v in cfg.items() if k not in ("data_root", "out_dir", "resume")
-    )
     text = f"""# {spec.name} {spec.version}
 
 {spec.description}
@@ -106,8 +124,7 @@ def write_card(
 - **Exported**: {spec.exported_at} from commit `{spec.git_commit or "unknown"}`
 
 ## Training recipe
-Trained from scratch on 1 CPU thread for {checkpoint.get("train_seconds", 0) / 60:.0f} minutes
-(best epoch {checkpoint.get("epoch")}): {recipe}.
+{training_recipe(checkpoint)}
 
 ## Validation metrics (best checkpoint)
 | metric | value |

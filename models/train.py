@@ -94,6 +94,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     elif cfg.init_from:
         ckpt = torch.load(cfg.init_from, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
+        state["parent"] = lineage(ckpt)  # the model card tells the whole recipe
         print(f"weights from {cfg.init_from}")
     total_steps = cfg.epochs * cfg.steps_per_epoch
     loader = DataLoader(
@@ -150,6 +151,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         "epoch": epoch + 1,
                         "config": _jsonable(asdict(cfg)),
                         "train_seconds": state["elapsed_s"],
+                        "parent": state.get("parent"),
                     },
                     cfg.run_dir / "best.pt",
                 )
@@ -170,6 +172,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             flush=True,
         )
     return state
+
+
+def lineage(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What a fine-tuning run started from: the parent's recipe, time, best epoch and its
+    own parent."""
+    keys = ("config", "train_seconds", "epoch", "parent")
+    return {k: checkpoint.get(k) for k in keys}
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

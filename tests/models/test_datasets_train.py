@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from export.card import training_recipe
 from models.datasets import (
     DEFAULT_DATA_ROOT,
     camvid_classes,
@@ -84,3 +85,23 @@ def test_train_smoke_writes_checkpoints_and_resumes(tmp_path: Path) -> None:
     history = json.loads((run / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]
     assert state["step"] == 2 and "rand_error" in history[-1]["val"]
+
+
+def test_fine_tuning_starts_from_the_weights_and_records_its_lineage(tmp_path: Path) -> None:
+    common = dict(
+        task="unet-isbi", steps_per_epoch=1, batch_size=1, crop=64, warmup_steps=1, epochs=1
+    )
+    train(TrainConfig(out_dir=tmp_path / "a", border_weights=True, **common))  # type: ignore[arg-type]
+    parent = tmp_path / "a" / "unet-isbi" / "best.pt"
+    config = TrainConfig(
+        out_dir=tmp_path / "b", border_weights=False, init_from=str(parent), lr=0.0, **common
+    )  # type: ignore[arg-type]
+    train(config)
+    child = torch.load(tmp_path / "b" / "unet-isbi" / "best.pt", weights_only=False)
+    start = torch.load(parent, weights_only=False)
+    for key, value in start["model"].items():  # lr 0: the weights are the parent's
+        if "running_" not in key and value.is_floating_point():  # BN statistics still move
+            assert torch.equal(child["model"][key], value), key
+    assert child["parent"]["config"]["border_weights"] is True
+    recipe = training_recipe(child)
+    assert recipe.startswith("1. from scratch") and "2. fine-tuned from stage 1" in recipe
