@@ -38,7 +38,7 @@ def export_onnx(
     example = torch.zeros(1, in_channels, side, side + size_multiple)
     dynamic = torch.export.Dim.DYNAMIC
     program = torch.onnx.export(
-        WithLabels(model),
+        WithLabels(model).eval(),  # the wrapper too, or the exporter warns of training mode
         (example,),
         input_names=["image"],
         output_names=["logits", "labels"],
