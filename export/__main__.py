@@ -45,11 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     multiple = size_multiple(model)
 
+    # The spec (with the git commit and whether the tree is clean) before any file is
+    # written: overwriting a shipped model would make every re-export look dirty.
+    architecture = f"{ckpt['arch']} {ckpt['arch_options']}"
+    spec = build_spec(task, args.version, ckpt["metrics"], multiple, architecture)
     args.out.mkdir(parents=True, exist_ok=True)
     onnx_path = args.out / f"{task.name}.onnx"
     export_onnx(model, task.in_channels, multiple, onnx_path)
-    architecture = f"{ckpt['arch']} {ckpt['arch_options']}"
-    spec = build_spec(task, args.version, ckpt["metrics"], multiple, architecture)
     write_metadata(onnx_path, spec)
 
     data = build_data(task, args.data_root, crop=64, epoch_length=1, seed=0, border_weights=False)
