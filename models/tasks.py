@@ -116,13 +116,23 @@ class TaskData:
 
 
 def build_data(
-    task: Task, root: Path, crop: int, epoch_length: int | None, seed: int, border_weights: bool
+    task: Task,
+    root: Path,
+    crop: int,
+    epoch_length: int | None,
+    seed: int,
+    border_weights: bool,
+    border_w0: float = 10.0,
 ) -> TaskData:
     """Training dataset (augmenting) and the raw validation arrays for one task."""
     if task.name == "unet-isbi":
         train_ids = _isbi_train_ids(root)
         images, labels = load_isbi(root, train_ids)
-        weights = np.stack([border_weight_map(lb) for lb in labels]) if border_weights else None
+        weights = (
+            np.stack([border_weight_map(lb, w0=border_w0) for lb in labels])
+            if border_weights
+            else None
+        )
         val_images, val_labels = load_isbi(root, ISBI_VAL_SLICES)
         train = SegmentationDataset(
             images, labels, task.mean, task.std, weights, IsbiAugment(crop), epoch_length, seed

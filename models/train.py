@@ -42,6 +42,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     border_weights: bool = True  # U-Net paper's separation weights (ISBI only)
+    border_w0: float = 10.0  # their peak (the paper's w0)
     class_weights: bool = True  # ENet class weighting (CamVid only)
     val_every: int = 1
     threads: int = 1
@@ -73,6 +74,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cfg.steps_per_epoch * cfg.batch_size,
         cfg.seed,
         cfg.border_weights,
+        cfg.border_w0,
     )
     model = build_model(task.arch, **task.arch_options)
     multiple = model.cfg.size_multiple

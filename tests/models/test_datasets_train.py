@@ -105,3 +105,18 @@ def test_fine_tuning_starts_from_the_weights_and_records_its_lineage(tmp_path: P
     assert child["parent"]["config"]["border_weights"] is True
     recipe = training_recipe(child)
     assert recipe.startswith("1. from scratch") and "2. fine-tuned from stage 1" in recipe
+
+
+def test_border_w0_reaches_the_weight_maps(monkeypatch: pytest.MonkeyPatch) -> None:
+    import models.tasks as tasks
+
+    seen: list[float] = []
+
+    def fake_map(label: np.ndarray, w0: float = 10.0) -> np.ndarray:
+        seen.append(w0)
+        return np.ones(label.shape, np.float32)
+
+    monkeypatch.setattr(tasks, "border_weight_map", fake_map)
+    task = tasks.get_task("unet-isbi", DEFAULT_DATA_ROOT)
+    tasks.build_data(task, DEFAULT_DATA_ROOT, 64, 1, 0, border_weights=True, border_w0=3.0)
+    assert seen and set(seen) == {3.0}
