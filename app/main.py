@@ -21,7 +21,12 @@ from app.inference.admission import Admission
 from app.inference.registry import ModelRegistry
 from app.inference.session import SessionFactory, _ort_session, default_workers
 from app.main_info import SERVER_NAME, VERSION
-from app.observability import Metrics, RequestContextMiddleware, configure_logging
+from app.observability import (
+    BatchCollector,
+    Metrics,
+    RequestContextMiddleware,
+    configure_logging,
+)
 
 log = logging.getLogger("segserve")
 
@@ -33,6 +38,15 @@ def create_app(
     configure_logging(settings.log_level)
     registry = ModelRegistry(settings, session_factory)
     app_metrics = Metrics()
+    app_metrics.registry.register(
+        BatchCollector(
+            lambda: [
+                (e.name, e.batcher.batches, e.batcher.rows)
+                for e in registry.served()
+                if e.batcher is not None
+            ]
+        )
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -7,9 +7,12 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -45,6 +48,30 @@ class Metrics:
         self.in_flight = Gauge(
             "segserve_in_flight_requests", "Requests being handled.", registry=self.registry
         )
+
+
+BatchCounts = Callable[[], list[tuple[str, int, int]]]  # (model, session runs, requests)
+
+
+class BatchCollector(Collector):
+    """Dynamic batching counts, read from the batchers when scraped: requests over runs is
+    the mean batch fill."""
+
+    def __init__(self, counts: BatchCounts) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        runs = CounterMetricFamily(
+            "segserve_batch_runs", "Session runs of dynamic batches.", labels=["model"]
+        )
+        requests = CounterMetricFamily(
+            "segserve_batched_requests", "Requests run in dynamic batches.", labels=["model"]
+        )
+        for model, batches, rows in self.counts():
+            runs.add_metric([model], batches)
+            requests.add_metric([model], rows)
+        yield runs
+        yield requests
 
 
 class JsonFormatter(logging.Formatter):

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from app.config import Device, Settings
 from app.inference.batching import DynamicBatcher
 from app.inference.pipeline import segment
 from app.inference.registry import ModelRegistry
 from app.inference.runner import SessionRunner
+from app.main import create_app
+from tests.app.conftest import png_bytes, wait_ready
 from tests.app.tiny_models import write_model
 
 
@@ -178,3 +181,22 @@ def test_batches_are_padded_to_one_shape(
         np.testing.assert_array_equal(result, x * 2)
     assert recorder.batch_rows == [4, 4]  # one request, then two, each run as four rows
     assert b.rows == 3 and b.batches == 2
+
+
+def test_batched_requests_over_http_are_counted_in_metrics(tmp_path: Path) -> None:
+    write_model(tmp_path, "threshold", "grey")
+    settings = Settings(
+        model_dir=tmp_path, device=Device.cpu, intra_op_threads=1, workers=4, batch_max_size=4
+    )
+    body = png_bytes(np.random.default_rng(1).integers(0, 256, (16, 24), np.uint8))
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        for _ in range(3):
+            answer = client.post(
+                "/v1/models/grey/segment", content=body, headers={"content-type": "image/png"}
+            )
+            assert answer.status_code == 200
+        text = client.get("/metrics").text
+    assert 'segserve_batched_requests_total{model="grey"} 3.0' in text
+    runs = [line for line in text.splitlines() if line.startswith("segserve_batch_runs_total")]
+    assert runs and 1 <= float(runs[0].split()[-1]) <= 3
