@@ -16,26 +16,21 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from app.api.routes.segment import Options, _render
+from app.api.routes.segment import _render
 from app.config import Device, Settings
 from app.inference.pipeline import segment
-from app.inference.registry import ModelRegistry
-from bench.common import SAMPLE
+from bench.common import PNG_OUT, SAMPLE, loaded_registry, sample_pixels
 
 
 def probe(
     device: Device, batch: int, delay_ms: float, whole_path: bool, threads: int, requests: int
 ) -> dict[str, Any]:
     settings = Settings(device=device, batch_max_size=batch, batch_max_delay_ms=delay_ms)
-    registry = ModelRegistry(settings)
-    registry.discover()
-    registry.load_all()
+    registry = loaded_registry(settings)
     model = registry.get("unet-isbi")
     data = SAMPLE["unet-isbi"].read_bytes()
-    pixels = np.asarray(Image.open(SAMPLE["unet-isbi"]))
-    options = Options("png", 0.5, "rle", "auto", None, None, False)
+    pixels = sample_pixels("unet-isbi", 1)
     in_runs = [0.0]
     batcher = model.batcher
     if batcher is not None:
@@ -52,7 +47,7 @@ def probe(
 
     def job(_: int) -> object:
         if whole_path:
-            return _render(model, data, settings.max_pixels, settings.max_pixels, options)
+            return _render(model, data, settings.max_pixels, settings.max_pixels, PNG_OUT)
         return segment(model, pixels)
 
     with ThreadPoolExecutor(threads) as pool:

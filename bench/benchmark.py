@@ -19,27 +19,30 @@ import os
 import subprocess
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from app.api.routes.segment import Options, _render
+from app.api.routes.segment import _render
 from app.config import SHIPPED_MODEL_DIR, Device, Settings
 from app.inference.pipeline import normalise, padded_channels, preprocess
 from app.inference.registry import ModelRegistry
 from app.inference.runner import SessionRunner
 from app.inference.tiling import choose_plan, segment_tiled, tile_starts
 from bench.common import (
+    PNG_OUT,
     ROOT,
     SAMPLE,
     em_mosaic,
     free_port,
     http_load,
+    loaded_registry,
     peak_rss_mib,
     python,
+    sample_pixels,
     server,
     time_calls,
 )
@@ -52,15 +55,13 @@ def raw_and_pipeline(registry: ModelRegistry, name: str, repeats: int) -> dict[s
     model = registry.get(name)
     assert model.spec is not None and model.session is not None
     data = SAMPLE[name].read_bytes()
-    pixels = np.asarray(Image.open(SAMPLE[name]).convert("L" if model.spec.input_channels == 1
-                                                        else "RGB"))  # fmt: skip
+    pixels = sample_pixels(name, model.spec.input_channels)
     x = preprocess(pixels, model.spec)
     session, spec = model.session, model.spec
     raw = time_calls(lambda: session.run([spec.labels_output], {spec.input_name: x}), repeats)
-    options = Options("png", 0.5, "rle", "auto", None, None, False)
     settings: Settings = registry.settings
     pipeline = time_calls(
-        lambda: _render(model, data, settings.max_pixels, settings.whole_image_max_pixels, options),
+        lambda: _render(model, data, settings.max_pixels, settings.whole_image_max_pixels, PNG_OUT),
         repeats,
     )
     return {"image": f"{pixels.shape[1]}x{pixels.shape[0]}", "raw": raw, "pipeline": pipeline}
@@ -136,17 +137,14 @@ def io_binding(registry: ModelRegistry, repeats: int) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for name in TARGETS:
         model = registry.get(name)
-        assert model.spec is not None and model.session is not None
-        pixels = np.asarray(Image.open(SAMPLE[name]).convert(
-            "L" if model.spec.input_channels == 1 else "RGB"))  # fmt: skip
-        one = preprocess(pixels, model.spec)
+        assert model.spec is not None and model.session is not None and model.spec.labels_output
+        one = preprocess(sample_pixels(name, model.spec.input_channels), model.spec)
         for n in (1, 8):
             x = np.ascontiguousarray(np.repeat(one, n, axis=0))
             for bind_on in (None, "cuda"):
                 run = SessionRunner(model.session, model.spec.input_name, bind_on)
                 key = f"{name} batch {n} {'io_binding' if bind_on else 'run'}"
-                output = model.spec.labels_output
-                rows[key] = time_calls(lambda run=run, x=x, output=output: run(output, x), repeats)
+                rows[key] = time_calls(partial(run, model.spec.labels_output, x), repeats)
     return rows
 
 
@@ -154,23 +152,19 @@ def algo_search(model_dir: Path, repeats: int) -> dict[str, Any]:
     """cuDNN algorithm search modes: first run of a new input shape, then steady p50."""
     rows: dict[str, Any] = {}
     for mode in ("EXHAUSTIVE", "HEURISTIC"):
-        registry = ModelRegistry(
+        registry = loaded_registry(
             Settings(model_dir=model_dir, device=Device.cuda, cudnn_algo_search=mode)
         )
-        registry.discover()
-        registry.load_all()
         for name in TARGETS:
             model = registry.get(name)
             assert model.spec is not None and model.session is not None
-            pixels = np.asarray(Image.open(SAMPLE[name]).convert(
-                "L" if model.spec.input_channels == 1 else "RGB"))  # fmt: skip
-            x = preprocess(pixels, model.spec)
+            x = preprocess(sample_pixels(name, model.spec.input_channels), model.spec)
             session, output = model.session, model.spec.labels_output
             feeds = {model.spec.input_name: x}
             tick = time.perf_counter()
             session.run([output], feeds)
             first_ms = (time.perf_counter() - tick) * 1000
-            steady = time_calls(lambda s=session, o=output, f=feeds: s.run([o], f), repeats)
+            steady = time_calls(partial(session.run, [output], feeds), repeats)
             rows[f"{name} {mode}"] = {"first_ms": first_ms, "steady": steady}
         registry.close()
     return rows
@@ -318,9 +312,7 @@ def main() -> None:
     base = {"unet-isbi": 16, "dilated-camvid": 24} if args.quick else {
         "unet-isbi": 40, "dilated-camvid": 60}  # fmt: skip
     totals = {name: int(n * args.scale) for name, n in base.items()}
-    registry = ModelRegistry(Settings(model_dir=args.model_dir, device=args.device))
-    registry.discover()
-    registry.load_all()
+    registry = loaded_registry(Settings(model_dir=args.model_dir, device=args.device))
     providers = registry.get("unet-isbi").providers
     report: dict[str, Any] = {"cpu_count": os.cpu_count(), "device": providers[0]}
     if args.device is Device.cuda:

@@ -18,12 +18,30 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from app.api.routes.segment import Options
+from app.config import Settings
+from app.inference.registry import ModelRegistry
+
 ROOT = Path(__file__).resolve().parents[1]
 # BENCH_DATA_ROOT: where the shared datasets are, when not beside the checkout
 DATA = Path(os.environ.get("BENCH_DATA_ROOT", ROOT.parent / "shared" / "datasets"))
 ISBI_SLICE = DATA / "isbi2012" / "images" / "21.png"
 CAMVID_FRAME = DATA / "camvid" / "val" / "0016E5_08041.png"
 SAMPLE = {"unet-isbi": ISBI_SLICE, "dilated-camvid": CAMVID_FRAME}
+PNG_OUT = Options("png", 0.5, "rle", "auto", None, None, False)  # the endpoint's defaults
+
+
+def sample_pixels(name: str, channels: int) -> np.ndarray:
+    """The model's sample image as the uint8 pixels the service decodes it to."""
+    return np.asarray(Image.open(SAMPLE[name]).convert("L" if channels == 1 else "RGB"))
+
+
+def loaded_registry(settings: Settings) -> ModelRegistry:
+    """Every model of `settings.model_dir`, loaded and warmed up."""
+    registry = ModelRegistry(settings)
+    registry.discover()
+    registry.load_all()
+    return registry
 
 
 def em_mosaic(side: int) -> np.ndarray:

@@ -19,21 +19,20 @@ from typing import Any
 
 import httpx
 import numpy as np
-from PIL import Image
 
 from app.config import SHIPPED_MODEL_DIR, Device, Settings
 from app.inference.pipeline import segment
-from app.inference.registry import ModelRegistry
 from app.inference.session import CUDA
 from app.inference.tiling import choose_plan, segment_tiled
-from bench.common import SAMPLE, em_mosaic, free_port, python, server
-
-
-def load(model_dir: Path, device: Device) -> ModelRegistry:
-    registry = ModelRegistry(Settings(model_dir=model_dir, device=device))
-    registry.discover()
-    registry.load_all()
-    return registry
+from bench.common import (
+    SAMPLE,
+    em_mosaic,
+    free_port,
+    loaded_registry,
+    python,
+    sample_pixels,
+    server,
+)
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -41,18 +40,22 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare(model_dir: Path) -> dict[str, Any]:
-    cuda, cpu = load(model_dir, Device.cuda), load(model_dir, Device.cpu)
+    cuda = loaded_registry(Settings(model_dir=model_dir, device=Device.cuda))
+    cpu = loaded_registry(Settings(model_dir=model_dir, device=Device.cpu))
     report: dict[str, Any] = {
         "models": {
             e.file: {"state": e.state.value, "reason": e.reason, "providers": e.providers}
             for e in cuda.entries
         },
     }
-    for name, path in SAMPLE.items():
+    if not cuda.ready:  # no CUDA here: the reasons above say why; nothing to compare
+        cuda.close()
+        cpu.close()
+        return report
+    for name in SAMPLE:
         on_gpu, on_cpu = cuda.get(name), cpu.get(name)
         assert on_gpu.spec is not None
-        mode = "L" if on_gpu.spec.input_channels == 1 else "RGB"
-        pixels = np.asarray(Image.open(path).convert(mode))
+        pixels = sample_pixels(name, on_gpu.spec.input_channels)
         report[f"{name} one pass agreement"] = agreement(
             segment(on_gpu, pixels).labels, segment(on_cpu, pixels).labels
         )
@@ -94,9 +97,10 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=SHIPPED_MODEL_DIR)
     args = parser.parse_args()
     report = compare(args.model_dir)
-    report["server"] = served(args.model_dir)
-    print(json.dumps(report, indent=1))
     on_cuda = all(m["providers"][:1] == [CUDA] for m in report["models"].values())
+    if on_cuda:
+        report["server"] = served(args.model_dir)
+    print(json.dumps(report, indent=1))
     agreeing = all(v >= 0.999 for k, v in report.items() if k.endswith("agreement"))
     sys.exit(0 if on_cuda and agreeing else 1)
 

@@ -9,10 +9,9 @@ import os
 import time
 from pathlib import Path
 
-from app.api.routes.segment import Options, _render
+from app.api.routes.segment import _render
 from app.config import Device, Settings
-from app.inference.registry import ModelRegistry
-from bench.common import em_mosaic, peak_rss_mib, png
+from bench.common import PNG_OUT, em_mosaic, loaded_registry, peak_rss_mib, png
 
 
 def main() -> None:
@@ -23,16 +22,13 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = Settings(model_dir=args.model_dir, device=args.device)
-    registry = ModelRegistry(settings)
-    registry.discover()
-    registry.load_all()
+    registry = loaded_registry(settings)
     model = registry.get("unet-isbi")
     body = png(em_mosaic(args.side))
     baseline = peak_rss_mib(os.getpid())
-    options = Options("png", 0.5, "rle", "auto", None, None, False)
     started = time.perf_counter()
     _, _, _, tiles = _render(
-        model, body, settings.max_pixels, settings.whole_image_max_pixels, options
+        model, body, settings.max_pixels, settings.whole_image_max_pixels, PNG_OUT
     )
     elapsed = time.perf_counter() - started
     print(json.dumps({
