@@ -35,9 +35,7 @@ def default_workers(device: Device, available: list[str]) -> int:
     """Request threads when SEG_WORKERS is unset: on CPU one inference already uses every
     core, so one at a time; with CUDA, enough to decode and encode on the CPU while the
     GPU runs, and to fill a dynamic batch."""
-    if device is Device.cpu or (device is Device.auto and CUDA not in available):
-        return 1
-    return 8
+    return 8 if CUDA in requested_providers(device, available) else 1
 
 
 def session_options(intra_op_threads: int) -> ort.SessionOptions:

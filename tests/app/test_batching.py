@@ -64,19 +64,27 @@ def wait_queued(batcher: DynamicBatcher, n: int, taken: bool = False) -> None:
     raise AssertionError(f"{n} requests never queued")
 
 
+def submit_behind_held_first(
+    batcher: DynamicBatcher, hold: threading.Event, items: list[tuple[str, np.ndarray]]
+) -> list[np.ndarray]:
+    """Submits the first item, waits until its run is held inside the recorder, queues the
+    rest behind it, then releases the run: the rest must batch together."""
+    with ThreadPoolExecutor(len(items)) as pool:
+        futures = [pool.submit(batcher.submit, *items[0])]
+        wait_queued(batcher, 1)
+        wait_queued(batcher, 0, taken=True)
+        futures += [pool.submit(batcher.submit, output, x) for output, x in items[1:]]
+        wait_queued(batcher, len(items) - 1)
+        hold.set()
+        return [f.result(timeout=20) for f in futures]
+
+
 def test_each_caller_gets_its_own_rows_and_batches_are_bounded(
     batcher: tuple[DynamicBatcher, Recorder, threading.Event],
 ) -> None:
     b, recorder, hold = batcher
     items = [("double", np.full((1, 1, 4, 4), i, np.float32)) for i in range(9)]
-    with ThreadPoolExecutor(len(items)) as pool:
-        futures = [pool.submit(b.submit, *items[0])]
-        wait_queued(b, 1)
-        wait_queued(b, 0, taken=True)  # the first is held inside its run ...
-        futures += [pool.submit(b.submit, output, x) for output, x in items[1:]]
-        wait_queued(b, 8)  # ... and 8 wait behind it
-        hold.set()
-        results = [f.result(timeout=20) for f in futures]
+    results = submit_behind_held_first(b, hold, items)  # the 8 behind it wait together
     for (_, x), result in zip(items, results, strict=True):
         np.testing.assert_array_equal(result, x * 2)
     assert recorder.batch_rows == [4, 4, 4]  # the lone first padded; the 8 waiting: two full
@@ -169,14 +177,7 @@ def test_batches_are_padded_to_one_shape(
 ) -> None:
     b, recorder, hold = batcher
     items = [("double", np.full((1, 1, 2, 2), i, np.float32)) for i in range(3)]
-    with ThreadPoolExecutor(len(items)) as pool:
-        futures = [pool.submit(b.submit, *items[0])]
-        wait_queued(b, 1)
-        wait_queued(b, 0, taken=True)
-        futures += [pool.submit(b.submit, output, x) for output, x in items[1:]]
-        wait_queued(b, 2)
-        hold.set()
-        results = [f.result(timeout=20) for f in futures]
+    results = submit_behind_held_first(b, hold, items)
     for (_, x), result in zip(items, results, strict=True):
         np.testing.assert_array_equal(result, x * 2)
     assert recorder.batch_rows == [4, 4]  # one request, then two, each run as four rows

@@ -11,6 +11,7 @@ from app.inference.session import (
     CUDA,
     ProviderUnavailable,
     create_session,
+    default_workers,
     requested_providers,
 )
 from app.spec import SPEC_KEY
@@ -97,6 +98,13 @@ def test_requested_providers() -> None:
     assert requested_providers(Device.auto, [CPU]) == [CPU]
     assert requested_providers(Device.auto, [CUDA, CPU]) == [CUDA, CPU]
     assert requested_providers(Device.cuda, [CPU]) == [CUDA, CPU]
+
+
+def test_default_workers_follow_the_provider_asked_for() -> None:
+    assert default_workers(Device.cpu, [CUDA, CPU]) == 1
+    assert default_workers(Device.auto, [CPU]) == 1
+    assert default_workers(Device.auto, [CUDA, CPU]) == 8
+    assert default_workers(Device.cuda, [CPU]) == 8
 
 
 class FakeSession:
