@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 import pytest
@@ -139,3 +140,22 @@ def test_registry_marks_model_failed_when_cuda_is_required(tmp_path: Path) -> No
     registry = load(tmp_path, Device.cuda, factory=cpu_only)
     ((state, reason),) = states(registry).values()
     assert state == "failed" and "SEG_DEVICE=cuda" in (reason or "")
+
+
+def test_the_cudnn_search_setting_reaches_the_cuda_provider(tmp_path: Path) -> None:
+    write_model(tmp_path, "threshold", "a")
+    asked: list[object] = []
+
+    def recording(path: str, options: ort.SessionOptions, providers: list[object]) -> Any:
+        asked.extend(providers)
+        return ort.InferenceSession(path, options, providers=[CPU])
+
+    settings = Settings(
+        model_dir=tmp_path, device=Device.cuda, intra_op_threads=1, cudnn_algo_search="EXHAUSTIVE"
+    )
+    registry = ModelRegistry(settings, recording)  # type: ignore[arg-type]
+    registry.discover()
+    registry.load_all()
+    assert asked == [(CUDA, {"cudnn_conv_algo_search": "EXHAUSTIVE"}), CPU]
+    _, active = create_session(tmp_path / "a.onnx", Device.cpu, 1, recording)  # type: ignore[arg-type]
+    assert asked[-1:] == [CPU] and active == [CPU]  # no options without CUDA
