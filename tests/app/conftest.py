@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import numpy as np
 import pytest
@@ -21,6 +22,13 @@ from PIL import Image
 from app.config import Settings
 from app.main import create_app
 from tests.app.tiny_models import write_model
+
+# anyio imports its file API (used by static files) lazily, on first use. Under pytest that
+# import goes through the assertion rewriter (anyio is a pytest plugin), so ast.parse runs
+# in a server thread, and CPython 3.11 fails parses that overlap in two threads
+# ("SystemError: AST constructor recursion depth mismatch", seen once in CI rehearsal).
+# Importing it here does it once, in the main thread.
+anyio.open_file  # noqa: B018
 
 
 @pytest.fixture
