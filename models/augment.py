@@ -7,6 +7,8 @@ grey-value changes. CamVid gets random scale, crop, flip and mild colour jitter.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy import ndimage
 
@@ -18,9 +20,23 @@ def elastic_field(
 ) -> np.ndarray:
     """Per-pixel displacement (2, H, W): Gaussian vectors on a coarse grid, cubic-upsampled."""
     coarse = rng.normal(0.0, sigma, size=(2, grid, grid))
-    zoom = (1, shape[0] / grid, shape[1] / grid)
-    field = ndimage.zoom(coarse, zoom, order=3, mode="nearest", grid_mode=True)
-    return field[:, : shape[0], : shape[1]]
+    rows, cols = _cubic_upsampler(grid, shape[0]), _cubic_upsampler(grid, shape[1])
+    return rows @ coarse @ cols.T  # (H, grid) @ (2, grid, grid) @ (grid, W)
+
+
+@functools.lru_cache(maxsize=16)
+def _cubic_upsampler(grid: int, size: int) -> np.ndarray:
+    """(size, grid) matrix doing ndimage.zoom's cubic spline upsampling along one axis.
+
+    Spline zooming is linear and separable, so zooming each unit vector once gives the
+    matrix; a 2D zoom of the coarse grid straight to 512x512 costs 0.25 s per sample, a
+    quarter of a training step, the two matrix products almost nothing.
+    """
+    eye = np.eye(grid)
+    columns = [
+        ndimage.zoom(e, size / grid, order=3, mode="nearest", grid_mode=True)[:size] for e in eye
+    ]
+    return np.stack(columns, axis=1)
 
 
 def _warp(a: np.ndarray, coords: np.ndarray, order: int) -> np.ndarray:

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from torch.nn import functional as F
 
 from models.augment import CamVidAugment, IsbiAugment, elastic_field
@@ -44,6 +45,15 @@ def test_elastic_field_shape_and_scale() -> None:
     fields = np.stack([elastic_field((64, 80), rng, grid=3, sigma=10) for _ in range(50)])
     assert fields.shape == (50, 2, 64, 80)
     assert 5 < fields.std() < 15
+
+
+def test_elastic_field_equals_a_cubic_zoom_of_the_coarse_grid() -> None:
+    # The separable matrix form must be the same interpolation as zooming in 2D.
+    coarse = np.random.default_rng(3).normal(0.0, 10.0, size=(2, 3, 3))
+    expected = ndimage.zoom(coarse, (1, 70 / 3, 90 / 3), order=3, mode="nearest", grid_mode=True)
+    field = elastic_field((70, 90), np.random.default_rng(3), grid=3, sigma=10.0)
+    assert field.shape == (2, 70, 90)
+    np.testing.assert_allclose(field, expected[:, :70, :90], atol=1e-9)
 
 
 def test_isbi_augment_keeps_labels_binary_and_is_seeded() -> None:
