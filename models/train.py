@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -47,6 +48,7 @@ class TrainConfig:
     val_every: int = 1
     threads: int = 1
     seed: int = 0
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
     resume: bool = False
     init_from: str = ""  # a checkpoint whose weights start a fine-tuning run (fresh optimiser)
 
@@ -98,6 +100,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model.load_state_dict(ckpt["model"])
         state["parent"] = lineage(ckpt)  # the model card tells the whole recipe
         print(f"weights from {cfg.init_from}")
+    # Validated, checkpointed and exported in place of the raw weights when on: averaging
+    # damps the epoch-to-epoch swings of the validation metrics.
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        if cfg.ema
+        else None
+    )
+    if ema is not None and cfg.resume and last.exists():
+        ema.load_state_dict(ckpt["ema"])
+    evaluated = ema.module if ema is not None else model
     total_steps = cfg.epochs * cfg.steps_per_epoch
     loader = DataLoader(
         data.train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=0
@@ -117,6 +129,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             state["step"] += 1
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
@@ -129,7 +143,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         record["lr"] = lr_at(state["step"], total_steps, cfg)
         if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
             metrics, _ = validate(
-                model,
+                evaluated,
                 data.val_images,
                 data.val_labels,
                 task.mean,
@@ -145,7 +159,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 state["best"] = {"epoch": epoch + 1, "score": score, "metrics": metrics}
                 torch.save(
                     {
-                        "model": model.state_dict(),
+                        "model": evaluated.state_dict(),
                         "task": cfg.task,
                         "arch": task.arch,
                         "arch_options": task.arch_options,
@@ -160,7 +174,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         state["history"].append(record)
         state["epoch"] = epoch + 1
         torch.save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, last
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "state": state,
+                "ema": ema.state_dict() if ema is not None else None,
+            },
+            last,
         )
         (cfg.run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
         plot_curves(state["history"], task.selection, cfg.run_dir / "curves.png", title=cfg.task)

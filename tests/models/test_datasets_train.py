@@ -107,6 +107,32 @@ def test_fine_tuning_starts_from_the_weights_and_records_its_lineage(tmp_path: P
     assert recipe.startswith("1. from scratch") and "2. fine-tuned from stage 1" in recipe
 
 
+@needs_data
+def test_ema_weights_are_the_ones_validated_and_kept_and_survive_resume(tmp_path: Path) -> None:
+    common = dict(
+        task="unet-isbi",
+        out_dir=tmp_path,
+        steps_per_epoch=2,
+        batch_size=1,
+        crop=64,
+        border_weights=False,
+        warmup_steps=1,
+        ema=0.5,
+    )
+    train(TrainConfig(epochs=1, **common))  # type: ignore[arg-type]
+    run = tmp_path / "unet-isbi"
+    best = torch.load(run / "best.pt", weights_only=False)
+    last = torch.load(run / "last.pt", weights_only=False)
+    averaged = {k.removeprefix("module."): v for k, v in last["ema"].items()}
+    assert int(averaged["n_averaged"]) == 2
+    weight = "head.weight"
+    assert torch.equal(best["model"][weight], averaged[weight])
+    assert not torch.equal(best["model"][weight], last["model"][weight])  # not the raw weights
+    train(TrainConfig(epochs=2, resume=True, **common))  # type: ignore[arg-type]
+    resumed = torch.load(run / "last.pt", weights_only=False)
+    assert int(resumed["ema"]["n_averaged"]) == 4  # the average went on, not restarted
+
+
 def test_border_w0_reaches_the_weight_maps(monkeypatch: pytest.MonkeyPatch) -> None:
     import models.tasks as tasks
 
