@@ -88,8 +88,10 @@ def training_recipe(checkpoint: dict[str, Any]) -> str:
         recipe = ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in skip)
         how = "fine-tuned from stage " + str(number - 1) if cfg.get("init_from") else "from scratch"
         minutes = (stage.get("train_seconds") or 0) / 60
+        threads = int(cfg.get("threads", 1))
+        cpu = f"{threads} CPU thread" + ("s" if threads != 1 else "")
         lines.append(
-            f"{number}. {how}, {minutes:.0f} minutes on 1 CPU thread, best epoch "
+            f"{number}. {how}, {minutes:.0f} minutes on {cpu} up to its best epoch, "
             f"{stage.get('epoch')}: {recipe}."
         )
     return "\n".join(lines)

@@ -133,6 +133,21 @@ def test_ema_weights_are_the_ones_validated_and_kept_and_survive_resume(tmp_path
     assert int(resumed["ema"]["n_averaged"]) == 4  # the average went on, not restarted
 
 
+def test_training_recipe_reads_each_stages_threads_and_time() -> None:
+    parent = {"config": {"threads": 1, "lr": 0.002}, "train_seconds": 600, "epoch": 7}
+    child = {
+        "config": {"threads": 2, "lr": 0.0005, "init_from": "a.pt", "out_dir": "runs/x"},
+        "train_seconds": 1800,
+        "epoch": 12,
+        "parent": parent,
+    }
+    assert training_recipe(child).splitlines() == [
+        "1. from scratch, 10 minutes on 1 CPU thread up to its best epoch, 7: threads=1, lr=0.002.",
+        "2. fine-tuned from stage 1, 30 minutes on 2 CPU threads up to its best epoch, 12: "
+        "threads=2, lr=0.0005.",
+    ]
+
+
 def test_border_w0_reaches_the_weight_maps(monkeypatch: pytest.MonkeyPatch) -> None:
     import models.tasks as tasks
 
