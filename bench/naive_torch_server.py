@@ -14,7 +14,7 @@ from PIL import Image
 
 from models.datasets import DEFAULT_DATA_ROOT
 from models.predict import normalise, predict_logits
-from models.registry import build_model
+from models.registry import build_model, size_multiple
 from models.tasks import get_task
 
 torch.set_num_threads(os.cpu_count() or 1)
@@ -37,7 +37,7 @@ async def segment(request: Request) -> Response:
     image = Image.open(io.BytesIO(await request.body()))
     pixels = np.asarray(image.convert("L" if len(task.mean) == 1 else "RGB"))
     x = normalise(pixels, task.mean, task.std)
-    labels = predict_logits(model, x.to(device), model.cfg.size_multiple).argmax(1)[0].cpu()
+    labels = predict_logits(model, x.to(device), size_multiple(model)).argmax(1)[0].cpu()
     buffer = io.BytesIO()
     Image.fromarray(labels.numpy().astype(np.uint8)).save(buffer, format="PNG")
     return Response(buffer.getvalue(), media_type="image/png")
