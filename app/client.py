@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.imaging.media_types import IMAGE_MEDIA_TYPES
+
 DEFAULT_URL = "http://127.0.0.1:8000"
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-               ".tif": "image/tiff", ".tiff": "image/tiff", ".bmp": "image/bmp",
-               ".webp": "image/webp"}  # fmt: skip
 SUFFIX = {"png": ".png", "overlay": ".overlay.png", "json": ".json"}
 
 
@@ -59,7 +58,7 @@ def image_files(paths: list[Path]) -> Iterator[Path]:
     """The given files, and the image files (by suffix) directly inside given folders."""
     for path in paths:
         if path.is_dir():
-            yield from sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_TYPES)
+            yield from sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_MEDIA_TYPES)
         else:
             yield path
 
@@ -78,7 +77,7 @@ def segment_one(source: Path, url: str, model: str, fmt: str, out_dir: Path) -> 
         data = source.read_bytes()
     except OSError as exc:
         return Outcome(source, error=f"cannot read: {exc.strerror}")
-    content_type = IMAGE_TYPES.get(source.suffix.lower(), "application/octet-stream")
+    content_type = IMAGE_MEDIA_TYPES.get(source.suffix.lower(), "application/octet-stream")
     endpoint = f"{url}/v1/models/{urllib.parse.quote(model, safe='')}/segment?format={fmt}"
     try:
         status, body = request("POST", endpoint, data, content_type)

@@ -9,11 +9,12 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from app.imaging.media_types import IMAGE_MEDIA_TYPES
 
-RAW_IMAGE_TYPES = frozenset({
-    "image/png", "image/jpeg", "image/jpg", "image/tiff", "image/bmp", "image/x-ms-bmp",
-    "image/webp", "image/gif", "application/octet-stream",
-})  # fmt: skip
+# The formats' own media types, common aliases, and untyped bytes (the decoder sniffs).
+RAW_IMAGE_TYPES = frozenset(IMAGE_MEDIA_TYPES.values()) | {
+    "image/jpg", "image/x-ms-bmp", "application/octet-stream",
+}  # fmt: skip
 
 
 async def read_limited(request: Request, limit: int) -> bytes:

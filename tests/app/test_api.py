@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.imaging.encode import decode_run_length
+from app.imaging.media_types import IMAGE_MEDIA_TYPES
 from tests.app.conftest import png_bytes
 
 PNG = {"content-type": "image/png"}
@@ -90,6 +91,22 @@ def test_multipart_and_json_output(client: TestClient) -> None:
         headers=PNG,
     ).json()
     assert listed["class_map"]["rows"] == expected_grey(pixels).tolist()
+
+
+@pytest.mark.parametrize("suffix", sorted(IMAGE_MEDIA_TYPES))
+def test_every_file_type_the_client_sends_is_accepted(client: TestClient, suffix: str) -> None:
+    # The client labels files by suffix from the same table the body reader accepts.
+    pixels = grey_pattern(16, 16)
+    buffer = io.BytesIO()
+    fmt = Image.registered_extensions()[suffix]
+    Image.fromarray(pixels).save(buffer, format=fmt, **({"quality": 100} if fmt == "JPEG" else {}))
+    response = client.post(
+        "/v1/models/tiny-grey/segment",
+        content=buffer.getvalue(),
+        headers={"content-type": IMAGE_MEDIA_TYPES[suffix]},
+    )
+    assert response.status_code == 200, response.text
+    assert np.array_equal(read_png(response.content), expected_grey(pixels))
 
 
 def test_accept_header_chooses_the_format(client: TestClient) -> None:

@@ -11,10 +11,9 @@ from pydantic import BaseModel
 from app.api.deps import RegistryDep, SettingsDep
 from app.config import Settings
 from app.errors import ModelNotFound
+from app.imaging.media_types import IMAGE_MEDIA_TYPES
 
 STATIC_DIR = FilePath(__file__).resolve().parents[2] / "static"
-SAMPLE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-                ".tif": "image/tiff", ".tiff": "image/tiff"}  # fmt: skip
 
 router = APIRouter(tags=["web"])
 
@@ -28,7 +27,7 @@ def _sample_file(settings: Settings, model: str) -> FilePath | None:
     request path ever reaches the file system unchecked."""
     if settings.samples_dir is None:
         return None
-    for suffix in SAMPLE_TYPES:
+    for suffix in IMAGE_MEDIA_TYPES:
         path = settings.samples_dir / f"{model}{suffix}"
         if path.is_file():
             return path
@@ -61,4 +60,4 @@ async def get_sample(
     path = _sample_file(settings, name) if name in served else None
     if path is None:
         raise ModelNotFound(f"no sample image for {name!r}; GET /v1/samples lists them")
-    return FileResponse(path, media_type=SAMPLE_TYPES[path.suffix.lower()])
+    return FileResponse(path, media_type=IMAGE_MEDIA_TYPES[path.suffix.lower()])
