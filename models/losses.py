@@ -1,4 +1,5 @@
-"""Losses: pixel-wise cross-entropy, with the U-Net paper's border weight map as an option."""
+"""Losses: pixel-wise cross-entropy, with the U-Net paper's border weight map or a
+separation-line weight map as options."""
 
 from __future__ import annotations
 
@@ -32,6 +33,28 @@ def border_weight_map(
     border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
     border[label == cell] = 0.0  # the term targets the separating background pixels
     return (w_c + border).astype(np.float32)
+
+
+def separation_weight_map(label: np.ndarray, weight: float = 5.0, cell: int = 1) -> np.ndarray:
+    """1 everywhere, 1 + `weight` on the membrane pixels midway between two cells.
+
+    Those pixels are the boundaries of the cells' Voronoi regions (each pixel belongs to
+    its nearest cell). A gap there merges two cells, which Rand error punishes hard while
+    pixel error hardly notices; weighting only this one-pixel line, unlike the paper's
+    border map, leaves the thickness of the predicted membranes to plain cross-entropy.
+    """
+    is_cell = label == cell
+    cells, n = ndimage.label(is_cell)
+    out = np.ones(label.shape, np.float32)
+    if n < 2:
+        return out
+    _, (rows, cols) = ndimage.distance_transform_edt(~is_cell, return_indices=True)
+    nearest = cells[rows, cols]  # (H, W) id of the nearest cell
+    boundary = np.zeros(label.shape, bool)
+    boundary[1:] |= nearest[1:] != nearest[:-1]
+    boundary[:, 1:] |= nearest[:, 1:] != nearest[:, :-1]
+    out[boundary & ~is_cell] += weight
+    return out
 
 
 def weighted_cross_entropy(

@@ -23,7 +23,7 @@ from models.datasets import (
     load_camvid,
     load_isbi,
 )
-from models.losses import border_weight_map, enet_class_weights
+from models.losses import border_weight_map, enet_class_weights, separation_weight_map
 
 ISBI_VAL_SLICES = (20, 21, 22, 23)  # the last four: neighbours of train slices are correlated
 
@@ -123,16 +123,23 @@ def build_data(
     seed: int,
     border_weights: bool,
     border_w0: float = 10.0,
+    separation_weight: float = 0.0,
 ) -> TaskData:
-    """Training dataset (augmenting) and the raw validation arrays for one task."""
+    """Training dataset (augmenting) and the raw validation arrays for one task.
+
+    ISBI pixel weights: the paper's border map, or (`separation_weight` > 0) extra weight
+    on the membrane line midway between cells, or none.
+    """
+    if border_weights and separation_weight:
+        raise ValueError("choose the border weight map or the separation weights, not both")
     if task.name == "unet-isbi":
         train_ids = _isbi_train_ids(root)
         images, labels = load_isbi(root, train_ids)
-        weights = (
-            np.stack([border_weight_map(lb, w0=border_w0) for lb in labels])
-            if border_weights
-            else None
-        )
+        weights = None
+        if border_weights:
+            weights = np.stack([border_weight_map(lb, w0=border_w0) for lb in labels])
+        elif separation_weight:
+            weights = np.stack([separation_weight_map(lb, separation_weight) for lb in labels])
         val_images, val_labels = load_isbi(root, ISBI_VAL_SLICES)
         train = SegmentationDataset(
             images, labels, task.mean, task.std, weights, IsbiAugment(crop), epoch_length, seed

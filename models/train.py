@@ -44,6 +44,7 @@ class TrainConfig:
     warmup_steps: int = 100
     border_weights: bool = True  # U-Net paper's separation weights (ISBI only)
     border_w0: float = 10.0  # their peak (the paper's w0)
+    separation_w: float = 0.0  # extra weight on the membrane line between cells (ISBI); 0 = off
     class_weights: bool = True  # ENet class weighting (CamVid only)
     val_every: int = 1
     threads: int = 1
@@ -77,6 +78,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cfg.seed,
         cfg.border_weights,
         cfg.border_w0,
+        cfg.separation_w,
     )
     model = build_model(task.arch, **task.arch_options)
     multiple = model.cfg.size_multiple

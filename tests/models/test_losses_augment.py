@@ -5,7 +5,13 @@ from scipy import ndimage
 from torch.nn import functional as F
 
 from models.augment import CamVidAugment, IsbiAugment, elastic_field
-from models.losses import border_weight_map, enet_class_weights, weighted_cross_entropy
+from models.datasets import DEFAULT_DATA_ROOT
+from models.losses import (
+    border_weight_map,
+    enet_class_weights,
+    separation_weight_map,
+    weighted_cross_entropy,
+)
 
 
 def test_weighted_ce_matches_plain_ce_with_unit_weights() -> None:
@@ -32,6 +38,24 @@ def test_border_weights_peak_between_touching_cells() -> None:
     assert w[10, 20] > 10  # gap pixel: d1 + d2 = 2 -> 10 * exp(-4 / 50) ~ 9.2 plus w_c
     assert w[10, 5] < w[10, 20]
     assert w[10, 30] == pytest.approx(w[10, 10])  # class balance term only inside cells
+
+
+def test_separation_weights_mark_the_membrane_midline_between_two_cells() -> None:
+    label = np.ones((6, 11), np.uint8)
+    label[:, 3:8] = 0  # two cells, columns 0-2 and 8-10, a membrane five pixels wide
+    w = separation_weight_map(label, weight=4.0)
+    weighted_columns = np.flatnonzero((w > 1).any(axis=0))
+    assert set(weighted_columns) <= {5, 6} and weighted_columns.size  # the middle only
+    assert np.all(w[:, weighted_columns] == 5.0) and np.all(w[label == 1] == 1.0)
+    assert np.all(separation_weight_map(np.ones((4, 4), np.uint8)) == 1.0)  # one cell: none
+
+
+def test_border_and_separation_weights_are_exclusive() -> None:
+    import models.tasks as tasks
+
+    task = tasks.get_task("unet-isbi", DEFAULT_DATA_ROOT)
+    with pytest.raises(ValueError, match="not both"):
+        tasks.build_data(task, DEFAULT_DATA_ROOT, 64, 1, 0, True, separation_weight=5.0)
 
 
 def test_enet_weights_favour_rare_classes() -> None:
