@@ -47,6 +47,7 @@ class TrainConfig:
     separation_w: float = 0.0  # extra weight on the membrane line between cells (ISBI); 0 = off
     class_weights: bool = True  # ENet class weighting (CamVid only)
     val_every: int = 1
+    val_views: int = 1  # score validation images under this many flips/rotations (max 8)
     threads: int = 1
     seed: int = 0
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
@@ -154,6 +155,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 multiple,
                 ignore_index=task.ignore_index if task.ignore_index >= 0 else None,
                 rand_error=cfg.task == "unet-isbi",
+                views=cfg.val_views,
             )
             record["val"] = metrics
             score = metrics[task.selection]

@@ -1,8 +1,9 @@
+import numpy as np
 import pytest
 import torch
 
 from models.dilated import CONTEXT_DILATIONS, ContextModule, DilatedConfig, DilatedNet
-from models.predict import predict_logits
+from models.predict import predict_logits, validate
 from models.registry import build_model
 from models.unet import UNet, UNetConfig
 
@@ -64,3 +65,27 @@ def test_registry_rejects_unknown_names_and_options() -> None:
         build_model("segformer")
     with pytest.raises(TypeError):
         build_model("unet", width=3)
+
+
+class _LeftHalfIsMembrane(torch.nn.Module):
+    """Class 0 on the left half of whatever it sees, class 1 on the right: not invariant."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], 2, *x.shape[-2:])
+        logits[:, 0, :, : x.shape[-1] // 2] = 1.0
+        logits[:, 1, :, x.shape[-1] // 2 :] = 1.0
+        return logits
+
+
+def test_validation_views_score_each_flip_and_rotation() -> None:
+    image = np.zeros((8, 8), np.uint8)
+    label = np.ones((8, 8), np.uint8)
+    label[:, :4] = 0  # the model is right on the view as given, wrong on its mirror image
+    args = (np.stack([image]), np.stack([label]), [0.5], [0.2], ["membrane", "cell"], 1)
+    one, preds = validate(_LeftHalfIsMembrane(), *args)
+    eight, preds8 = validate(_LeftHalfIsMembrane(), *args, views=8)
+    assert one["pixel_error"] == 0.0
+    # Exact as given and rotated 180 degrees then mirrored, all wrong mirrored and rotated
+    # 180 degrees, half wrong on the four views turned by 90 or 270 degrees.
+    assert eight["pixel_error"] == pytest.approx((0 * 2 + 1 * 2 + 0.5 * 4) / 8)
+    assert np.array_equal(preds, preds8)  # the maps returned are of the images as given
