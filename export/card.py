@@ -110,6 +110,8 @@ def write_card(
     example_png: str,
 ) -> None:
     metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(spec.metrics.items()))
+    views = int((checkpoint.get("config") or {}).get("val_views", 1))
+    scored = f", each image scored under {views} flips/rotations, averaged" if views > 1 else ""
     text = f"""# {spec.name} {spec.version}
 
 {spec.description}
@@ -128,7 +130,7 @@ def write_card(
 ## Training recipe
 {training_recipe(checkpoint)}
 
-## Validation metrics (best checkpoint)
+## Validation metrics (best checkpoint{scored})
 | metric | value |
 | --- | --- |
 {metrics}

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from app.spec import SPEC_KEY, ModelSpec
-from export.card import count_macs
+from export.card import count_macs, write_card
 from export.metadata import build_spec, version_number, write_metadata
 from export.onnx_export import export_onnx
-from export.parity import check_parity
+from export.parity import ParityReport, check_parity
 from models.registry import build_model
 from models.tasks import Task
+from tests.app.tiny_models import spec_for
 
 
 def tiny_task() -> Task:
@@ -93,3 +94,21 @@ def test_metadata_round_trip(exported: tuple[torch.nn.Module, Path], tmp_path: P
 def test_count_macs_by_hand() -> None:
     conv = torch.nn.Conv2d(2, 3, 3, padding=1)
     assert count_macs(conv, (1, 2, 4, 5)) == 4 * 5 * 3 * 2 * 9
+
+
+@pytest.mark.parametrize(("views", "named"), [(1, False), (8, True)])
+def test_card_tells_how_the_validation_metrics_were_scored(
+    tmp_path: Path, views: int, named: bool
+) -> None:
+    spec = spec_for("threshold", "tiny", metrics={"pixel_error": 0.07})
+    checkpoint = {"config": {"threads": 2, "val_views": views}, "train_seconds": 120, "epoch": 3}
+    card = tmp_path / "tiny.md"
+    parity = ParityReport(
+        images=2, max_abs_logit_diff=1e-6, argmax_agreement=1.0, labels_output_agreement=1.0
+    )
+    latency = {"labels_in_graph_ms": 1.0, "logits_numpy_argmax_ms": 1.2}
+    write_card(card, spec, checkpoint, 10, 10**9, (1, 1, 64, 64), latency, parity, 2000, "x.png")
+    text = card.read_text()
+    assert "| pixel_error | 0.0700 |" in text
+    assert "2 minutes on 2 CPU threads up to its best epoch, 3" in text
+    assert ("each image scored under 8 flips/rotations, averaged" in text) is named
