@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     pick = np.linspace(0, len(data.val_images) - 1, 3).astype(int)
-    _, preds = validate(
+    preds = validate(
         model,
         data.val_images[pick],
         data.val_labels[pick],
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         task.std,
         task.classes,
         multiple,
-    )
+    ).predictions
     example = f"{task.name}-examples.png"
     plot_montage(
         data.val_images[pick],

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from models.datasets import DEFAULT_DATA_ROOT
-from models.metrics import adapted_rand_error, confusion_matrix, summarize
 from models.plots import plot_montage
-from models.predict import normalise, predict_logits
-from models.registry import build_model
+from models.predict import validate
+from models.registry import build_model, size_multiple
 from models.tasks import build_data, get_task
 
 
@@ -34,6 +32,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--montage", type=int, default=4, help="examples in the PNG montage")
+    parser.add_argument(
+        "--views",
+        type=int,
+        default=0,
+        help="flips/rotations to score each image under (default: the training run's)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -43,24 +47,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model.load_state_dict(ckpt["model"])
     model.eval()
     data = build_data(task, args.data_root, crop=64, epoch_length=1, seed=0, border_weights=False)
-    k = len(task.classes)
-    ignore = task.ignore_index if task.ignore_index >= 0 else None
-    cm = np.zeros((k, k), np.int64)
-    preds, rand = [], []
-    for image, label in tqdm(
-        list(zip(data.val_images, data.val_labels, strict=True)), desc="evaluate"
-    ):
-        logits = predict_logits(
-            model, normalise(image, task.mean, task.std), model.cfg.size_multiple
-        )
-        pred = logits.argmax(1)[0].numpy().astype(np.uint8)
-        cm += confusion_matrix(pred, label, k, ignore)
-        if task.name == "unet-isbi":
-            rand.append(adapted_rand_error(pred, label))
-        preds.append(pred)
-    metrics = summarize(cm, task.classes)
-    if rand:
-        metrics["rand_error"] = float(np.mean(rand))
+    # Scored as the training run selected the checkpoint, unless told otherwise.
+    views = args.views or int(ckpt.get("config", {}).get("val_views", 1))
+    metrics, preds, cm = validate(
+        model,
+        data.val_images,
+        data.val_labels,
+        task.mean,
+        task.std,
+        task.classes,
+        size_multiple(model),
+        ignore_index=task.ignore_index if task.ignore_index >= 0 else None,
+        rand_error=task.name == "unet-isbi",
+        views=views,
+        progress="evaluate",
+    )
 
     out = args.out or args.checkpoint.parent
     out.mkdir(parents=True, exist_ok=True)
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "checkpoint": str(args.checkpoint),
         "task": task.name,
         "images": len(preds),
+        "views": views,
         "metrics": metrics,
         "confusion_matrix": cm.tolist(),
         "classes": task.classes,
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     plot_montage(
         data.val_images[pick],
         data.val_labels[pick],
-        np.stack(preds)[pick],
+        preds[pick],
         task.palette,
         [data.val_names[i] for i in pick],
         out / "evaluation.png",

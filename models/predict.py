@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from models.metrics import adapted_rand_error, confusion_matrix, summarize
 
@@ -30,6 +32,12 @@ def predict_logits(model: nn.Module, x: torch.Tensor, multiple: int) -> torch.Te
     return model(x)[..., :h, :w]
 
 
+class Validation(NamedTuple):
+    metrics: dict[str, float]
+    predictions: np.ndarray  # (N, H, W) uint8 class maps of the images as given
+    confusion: np.ndarray  # (K, K) over every view scored
+
+
 @torch.no_grad()
 def validate(
     model: nn.Module,
@@ -42,8 +50,10 @@ def validate(
     ignore_index: int | None = None,
     rand_error: bool = False,
     views: int = 1,
-) -> tuple[dict[str, float], np.ndarray]:
-    """Metrics over a stack of images; returns (metrics, predicted class maps).
+    progress: str | None = None,
+) -> Validation:
+    """Metrics, class maps and confusion matrix over a stack of images (`progress`: the
+    label of a progress bar over the images, none without it).
 
     `views` > 1 scores each image also under its first flips and rotations (up to the 8
     of the dihedral group), one view at a time, and averages: the metrics of 4 ISBI slices
@@ -55,7 +65,8 @@ def validate(
     k = len(class_names)
     cm = np.zeros((k, k), np.int64)
     preds, rand = [], []
-    for image, label in zip(images, labels, strict=True):
+    pairs = list(zip(images, labels, strict=True))
+    for image, label in tqdm(pairs, desc=progress, disable=progress is None, leave=False):
         for view in range(views):
             seen, truth = _dihedral(image, view), _dihedral(label, view)
             x = normalise(seen, mean, std)
@@ -70,7 +81,7 @@ def validate(
     if rand_error:
         metrics["rand_error"] = float(np.mean(rand))
         metrics["rand_plus_pixel_error"] = metrics["rand_error"] + metrics["pixel_error"]
-    return metrics, np.stack(preds)
+    return Validation(metrics, np.stack(preds), cm)
 
 
 def _dihedral(a: np.ndarray, view: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from models.datasets import DEFAULT_DATA_ROOT
 from models.losses import weighted_cross_entropy
 from models.plots import plot_curves
 from models.predict import validate
-from models.registry import build_model
+from models.registry import build_model, size_multiple
 from models.tasks import build_data, get_task
 
 
@@ -82,7 +82,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cfg.separation_w,
     )
     model = build_model(task.arch, **task.arch_options)
-    multiple = model.cfg.size_multiple
+    multiple = size_multiple(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     class_weight = (
         torch.from_numpy(data.class_weights)
@@ -92,7 +92,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "best": None, "elapsed_s": 0.0}
     last = cfg.run_dir / "last.pt"
-    if cfg.resume and last.exists():
+    resumed = cfg.resume and last.exists()
+    if resumed:
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -110,7 +111,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if cfg.ema
         else None
     )
-    if ema is not None and cfg.resume and last.exists():
+    if ema is not None and resumed:
         ema.load_state_dict(ckpt["ema"])
     evaluated = ema.module if ema is not None else model
     total_steps = cfg.epochs * cfg.steps_per_epoch
@@ -145,7 +146,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         }
         record["lr"] = lr_at(state["step"], total_steps, cfg)
         if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-            metrics, _ = validate(
+            metrics = validate(
                 evaluated,
                 data.val_images,
                 data.val_labels,
@@ -156,7 +157,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 ignore_index=task.ignore_index if task.ignore_index >= 0 else None,
                 rand_error=cfg.task == "unet-isbi",
                 views=cfg.val_views,
-            )
+            ).metrics
             record["val"] = metrics
             score = metrics[task.selection]
             if state["best"] is None or better(score, state["best"]["score"]):

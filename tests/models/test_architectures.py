@@ -82,8 +82,9 @@ def test_validation_views_score_each_flip_and_rotation() -> None:
     label = np.ones((8, 8), np.uint8)
     label[:, :4] = 0  # the model is right on the view as given, wrong on its mirror image
     args = (np.stack([image]), np.stack([label]), [0.5], [0.2], ["membrane", "cell"], 1)
-    one, preds = validate(_LeftHalfIsMembrane(), *args)
-    eight, preds8 = validate(_LeftHalfIsMembrane(), *args, views=8)
+    one, preds, _ = validate(_LeftHalfIsMembrane(), *args)
+    eight, preds8, confusion8 = validate(_LeftHalfIsMembrane(), *args, views=8)
+    assert confusion8.sum() == 8 * label.size  # every view's pixels counted
     assert one["pixel_error"] == 0.0
     # Exact as given and rotated 180 degrees then mirrored, all wrong mirrored and rotated
     # 180 degrees, half wrong on the four views turned by 90 or 270 degrees.
