@@ -1,5 +1,6 @@
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from models.datasets import (
     load_camvid,
     load_isbi,
 )
+from models.evaluate import main as evaluate
 from models.losses import weighted_cross_entropy
 from models.registry import build_model
 from models.train import TrainConfig, lr_at, train
@@ -21,6 +23,20 @@ needs_data = pytest.mark.skipif(
     not (DEFAULT_DATA_ROOT / "isbi2012").is_dir(),
     reason="../shared/datasets is not beside the checkout",
 )
+
+
+def tiny_run(out_dir: Path, **overrides: Any) -> TrainConfig:
+    """A U-Net run on the shared ISBI slices, one 64-pixel crop per step."""
+    defaults: dict[str, Any] = dict(
+        task="unet-isbi",
+        out_dir=out_dir,
+        steps_per_epoch=1,
+        batch_size=1,
+        crop=64,
+        border_weights=False,
+        warmup_steps=1,
+    )
+    return TrainConfig(**{**defaults, **overrides})
 
 
 @needs_data
@@ -69,34 +85,19 @@ def test_lr_warms_up_then_decays() -> None:
 
 @needs_data
 def test_train_smoke_writes_checkpoints_and_resumes(tmp_path: Path) -> None:
-    common = dict(
-        task="unet-isbi",
-        out_dir=tmp_path,
-        steps_per_epoch=1,
-        batch_size=1,
-        crop=64,
-        border_weights=False,
-        warmup_steps=1,
-    )
-    train(TrainConfig(epochs=1, **common))  # type: ignore[arg-type]
+    train(tiny_run(tmp_path, epochs=1))
     run = tmp_path / "unet-isbi"
     assert {"best.pt", "last.pt", "history.json", "curves.png"} <= {p.name for p in run.iterdir()}
-    state = train(TrainConfig(epochs=2, resume=True, **common))  # type: ignore[arg-type]
+    state = train(tiny_run(tmp_path, epochs=2, resume=True))
     history = json.loads((run / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]
     assert state["step"] == 2 and "rand_error" in history[-1]["val"]
 
 
 def test_fine_tuning_starts_from_the_weights_and_records_its_lineage(tmp_path: Path) -> None:
-    common = dict(
-        task="unet-isbi", steps_per_epoch=1, batch_size=1, crop=64, warmup_steps=1, epochs=1
-    )
-    train(TrainConfig(out_dir=tmp_path / "a", border_weights=True, **common))  # type: ignore[arg-type]
+    train(tiny_run(tmp_path / "a", border_weights=True, epochs=1))
     parent = tmp_path / "a" / "unet-isbi" / "best.pt"
-    config = TrainConfig(
-        out_dir=tmp_path / "b", border_weights=False, init_from=str(parent), lr=0.0, **common
-    )  # type: ignore[arg-type]
-    train(config)
+    train(tiny_run(tmp_path / "b", init_from=str(parent), lr=0.0, epochs=1))
     child = torch.load(tmp_path / "b" / "unet-isbi" / "best.pt", weights_only=False)
     start = torch.load(parent, weights_only=False)
     for key, value in start["model"].items():  # lr 0: the weights are the parent's
@@ -109,17 +110,7 @@ def test_fine_tuning_starts_from_the_weights_and_records_its_lineage(tmp_path: P
 
 @needs_data
 def test_ema_weights_are_the_ones_validated_and_kept_and_survive_resume(tmp_path: Path) -> None:
-    common = dict(
-        task="unet-isbi",
-        out_dir=tmp_path,
-        steps_per_epoch=2,
-        batch_size=1,
-        crop=64,
-        border_weights=False,
-        warmup_steps=1,
-        ema=0.5,
-    )
-    train(TrainConfig(epochs=1, **common))  # type: ignore[arg-type]
+    train(tiny_run(tmp_path, steps_per_epoch=2, ema=0.5, epochs=1))
     run = tmp_path / "unet-isbi"
     best = torch.load(run / "best.pt", weights_only=False)
     last = torch.load(run / "last.pt", weights_only=False)
@@ -128,9 +119,20 @@ def test_ema_weights_are_the_ones_validated_and_kept_and_survive_resume(tmp_path
     weight = "head.weight"
     assert torch.equal(best["model"][weight], averaged[weight])
     assert not torch.equal(best["model"][weight], last["model"][weight])  # not the raw weights
-    train(TrainConfig(epochs=2, resume=True, **common))  # type: ignore[arg-type]
+    train(tiny_run(tmp_path, steps_per_epoch=2, ema=0.5, epochs=2, resume=True))
     resumed = torch.load(run / "last.pt", weights_only=False)
     assert int(resumed["ema"]["n_averaged"]) == 4  # the average went on, not restarted
+
+
+@needs_data
+def test_evaluate_scores_a_checkpoint_as_its_training_run_did(tmp_path: Path) -> None:
+    train(tiny_run(tmp_path, epochs=1, val_views=2))
+    best = tmp_path / "unet-isbi" / "best.pt"
+    out = tmp_path / "evaluation"
+    metrics = evaluate([str(best), "--out", str(out), "--threads", "1"])
+    assert metrics == pytest.approx(torch.load(best, weights_only=False)["metrics"])
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["views"] == 2 and (out / "evaluation.png").is_file()
 
 
 def test_training_recipe_reads_each_stages_threads_and_time() -> None:
