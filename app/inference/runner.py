@@ -3,7 +3,8 @@
 With `bind_on` set ("cuda" on the CUDA provider) the run goes through onnxruntime's IO
 binding: the input is bound from host memory, only the asked-for output is bound, on
 that device, and copied to the host once at the end. Without it a plain `run` is used
-(on the CPU provider that already works in place). `bench/io_binding.py` measures both.
+(on the CPU provider that already works in place). `bench/benchmark.py --device cuda`
+measures both (its `io_binding` section).
 """
 
 from __future__ import annotations
