@@ -21,6 +21,7 @@ from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
+from tests.app.probes import write_probes
 from tests.app.tiny_models import write_model
 
 # anyio imports its file API (used by static files) lazily, on first use. Under pytest that
@@ -51,6 +52,20 @@ def wait_ready(client: TestClient, timeout: float = 20.0) -> None:
 def client(model_dir: Path) -> Iterator[TestClient]:
     settings = Settings(
         model_dir=model_dir, intra_op_threads=1, max_upload_bytes=2_000_000, max_pixels=4_000_000
+    )
+    with TestClient(create_app(settings)) as test_client:
+        wait_ready(test_client)
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def probe_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The app serving the probe models of tests/app/probes.py (and tiny-grey)."""
+    directory = tmp_path_factory.mktemp("probes")
+    write_probes(directory)
+    write_model(directory, "threshold", "tiny-grey", size_multiple=8)
+    settings = Settings(
+        model_dir=directory, intra_op_threads=1, max_upload_bytes=2_000_000, max_pixels=4_000_000
     )
     with TestClient(create_app(settings)) as test_client:
         wait_ready(test_client)

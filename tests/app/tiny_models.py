@@ -94,3 +94,44 @@ def write_model(
     path = directory / (file or f"{name}.onnx")
     onnx.save(model, str(path))
     return path
+
+
+def conv_graph(weight: np.ndarray, name: str = "probe") -> onnx.ModelProto:
+    """logits = Conv(image, weight) with 'same' zero padding (an odd kernel), labels = argmax.
+
+    `weight` is (classes, channels, k, k); ONNX Conv is a cross-correlation. Probe models
+    built from it have no symmetry the service could hide a mistake behind: their outputs
+    are hand-computable linear functions of the normalised pixels."""
+    weight = np.asarray(weight, np.float32)
+    classes, channels, k = weight.shape[0], weight.shape[1], weight.shape[2]
+    image = helper.make_tensor_value_info(
+        "image", TensorProto.FLOAT, ["batch", channels, "height", "width"]
+    )
+    logits = helper.make_tensor_value_info(
+        "logits", TensorProto.FLOAT, ["batch", classes, "height", "width"]
+    )
+    labels = helper.make_tensor_value_info(
+        "labels", TensorProto.INT64, ["batch", "height", "width"]
+    )
+    nodes = [
+        helper.make_node("Conv", ["image", "w"], ["logits"], pads=[k // 2] * 4),
+        helper.make_node("ArgMax", ["logits"], ["labels"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, name, [image], [logits, labels], [numpy_helper.from_array(weight, "w")]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_conv_model(directory: Path, weight: np.ndarray, spec: ModelSpec) -> Path:
+    """Save `conv_graph(weight)` with `spec` as its metadata, as `<name>.onnx`."""
+    model = conv_graph(weight, spec.name)
+    for key, value in spec.to_metadata().items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    path = directory / f"{spec.name}.onnx"
+    onnx.save(model, str(path))
+    return path

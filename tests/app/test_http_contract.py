@@ -1,0 +1,132 @@
+"""HTTP rules at their exact edges: Accept with q=0, /v2 versions, the pixel limit at
+exactly SEG_MAX_PIXELS, and the upload limit while a body without Content-Length streams."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.main import create_app
+from tests.app.conftest import png_bytes, wait_ready
+from tests.app.tiny_models import write_model
+
+PNG = {"content-type": "image/png"}
+MAX_PIXELS = 40 * 50
+UPLOAD_LIMIT = 300_000
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    directory: Path = tmp_path_factory.mktemp("strict")
+    write_model(directory, "threshold", "tiny-grey")
+    settings = Settings(
+        model_dir=directory,
+        intra_op_threads=1,
+        max_pixels=MAX_PIXELS,
+        max_upload_bytes=UPLOAD_LIMIT,
+    )
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        yield client
+
+
+def segment(client: TestClient, data: bytes, **headers: str) -> tuple[int, str]:
+    response = client.post("/v1/models/tiny-grey/segment", content=data, headers={**PNG, **headers})
+    return response.status_code, response.headers["content-type"]
+
+
+@pytest.mark.parametrize(
+    ("accept", "status", "media"),
+    [
+        ("image/png;q=0", 406, "application/problem+json"),
+        ("application/json;q=0", 406, "application/problem+json"),
+        ("*/*;q=0", 406, "application/problem+json"),
+        ("image/png;q=0, application/json;q=0.1", 200, "application/json"),
+        ("application/json;q=0, */*;q=0.2", 200, "image/png"),
+        ("application/json;q=0.0, image/*;q=0.001", 200, "image/png"),
+    ],
+)
+def test_accept_q_zero_excludes_a_type(
+    strict: TestClient, accept: str, status: int, media: str
+) -> None:
+    assert segment(strict, png_bytes(np.zeros((4, 4), np.uint8)), accept=accept) == (status, media)
+
+
+def infer_body() -> bytes:
+    tensor = {"name": "image", "datatype": "UINT8", "shape": [1, 2, 2, 1], "data": [0, 9, 200, 255]}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+def test_v2_routes_with_a_version_answer_only_for_the_served_version(strict: TestClient) -> None:
+    base = "/v2/models/tiny-grey/versions"
+    assert strict.get(f"{base}/0.0.1").status_code == 200
+    assert strict.get(f"{base}/0.0.1/ready").status_code == 200
+    served = strict.post(f"{base}/0.0.1/infer", content=infer_body())
+    assert served.status_code == 200
+    assert served.json()["model_version"] == "0.0.1"
+    assert served.json()["outputs"][0]["data"] == [1, 1, 0, 0]
+    for wrong in ("0.0.2", "1", "0.0.1x"):
+        for response in (
+            strict.get(f"{base}/{wrong}"),
+            strict.get(f"{base}/{wrong}/ready"),
+            strict.post(f"{base}/{wrong}/infer", content=infer_body()),
+        ):
+            assert response.status_code == 404, (wrong, response.request.url)
+            assert wrong in response.json()["error"]
+
+
+@pytest.mark.parametrize(("height", "width"), [(40, 50), (1, MAX_PIXELS), (MAX_PIXELS, 1)])
+def test_an_image_of_exactly_max_pixels_is_served(
+    strict: TestClient, height: int, width: int
+) -> None:
+    grey = np.zeros((height, width), np.uint8)
+    assert segment(strict, png_bytes(grey))[0] == 200
+    tensor = {"name": "image", "datatype": "UINT8", "shape": [1, height, width, 1]}
+    tensor["data"] = [0] * (height * width)
+    v2 = strict.post("/v2/models/tiny-grey/infer", content=json.dumps({"inputs": [tensor]}))
+    assert v2.status_code == 200, v2.text
+
+
+@pytest.mark.parametrize(("height", "width"), [(23, 87), (1, MAX_PIXELS + 1)])
+def test_one_pixel_more_is_413(strict: TestClient, height: int, width: int) -> None:
+    assert height * width == MAX_PIXELS + 1
+    grey = np.zeros((height, width), np.uint8)
+    assert segment(strict, png_bytes(grey)) == (413, "application/problem+json")
+    tensor = {"name": "image", "datatype": "UINT8", "shape": [1, height, width, 1]}
+    tensor["data"] = [0] * (height * width)
+    v2 = strict.post("/v2/models/tiny-grey/infer", content=json.dumps({"inputs": [tensor]}))
+    assert v2.status_code == 413 and "SEG_MAX_PIXELS" in v2.json()["error"]
+
+
+def chunks(total: int, size: int = 16_384) -> Iterator[bytes]:
+    """A body without Content-Length (httpx sends a generator chunked)."""
+    for start in range(0, total, size):
+        yield b"\0" * min(size, total - start)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/v1/models/tiny-grey/segment", "image/png"),
+        ("/v1/models/tiny-grey/segment", "multipart/form-data; boundary=x"),
+        ("/v2/models/tiny-grey/infer", "application/json"),
+    ],
+)
+def test_the_upload_limit_holds_for_a_streamed_body(
+    strict: TestClient, path: str, content_type: str
+) -> None:
+    over = strict.post(
+        path, content=chunks(UPLOAD_LIMIT + 1), headers={"content-type": content_type}
+    )
+    assert over.status_code == 413, over.text
+    assert str(UPLOAD_LIMIT) in over.text
+    # At the limit the body is read (and then refused as no image, not as too large).
+    at = strict.post(path, content=chunks(UPLOAD_LIMIT), headers={"content-type": content_type})
+    assert at.status_code == 400, at.text
