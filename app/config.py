@@ -79,7 +79,33 @@ class Settings(BaseSettings):
         50 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
     )
     max_pixels: int = Field(
-        8192 * 8192, ge=1, description="Largest declared image width x height (413 above)."
+        8192 * 8192,
+        ge=1,
+        description="Largest image width x height, as declared and as padded to the model's "
+        "size multiple (413 above).",
+    )
+    max_answer_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Largest answer body, estimated before it is built (413 above): overlays "
+        "(3 bytes a pixel), run-length JSON of noisy maps, /v2 tensors.",
+    )
+    spool_bytes: int = Field(
+        1024 * 1024,
+        ge=0,
+        description="Upload bytes held in memory per request; the rest is spooled to disk.",
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="Time for a request body to arrive in full (408 after)."
+    )
+    v2_max_batch: int = Field(
+        16, ge=1, le=1024, description="Most images in one /v2 inference request (N)."
+    )
+    v2_max_json_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest JSON part of a /v2 request; larger tensors use the binary "
+        "tensor data extension (parsing JSON holds the interpreter).",
     )
     whole_image_max_pixels: int = Field(
         1024 * 1024,

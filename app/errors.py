@@ -45,6 +45,19 @@ class PayloadTooLarge(ProblemError):
     status, slug = 413, "payload-too-large"
 
 
+class RequestTimeout(ProblemError):
+    """The request body did not arrive in time (SEG_BODY_TIMEOUT_S)."""
+
+    status, slug = 408, "request-timeout"
+
+
+class AnswerTooLarge(ProblemError):
+    """The answer asked for would pass SEG_MAX_ANSWER_BYTES: a smaller image or another
+    format (binary tensors, PNG instead of an overlay) fits."""
+
+    status, slug, title = 413, "answer-too-large", "Answer Too Large"
+
+
 class UnsupportedMediaType(ProblemError):
     status, slug = 415, "unsupported-media-type"
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from app.api.routes.segment import _render
 from app.config import Device, Settings
 from app.inference.pipeline import segment
+from app.service import Limits, segment_file
 from bench.common import PNG_OUT, SAMPLE, loaded_registry, sample_pixels
 
 
@@ -47,7 +47,8 @@ def probe(
 
     def job(_: int) -> object:
         if whole_path:
-            return _render(model, data, settings.max_pixels, settings.max_pixels, PNG_OUT)
+            whole = Limits(settings.max_pixels, settings.max_pixels, settings.max_answer_bytes)
+            return segment_file(model, data, PNG_OUT, whole)
         return segment(model, pixels)
 
     with ThreadPoolExecutor(threads) as pool:

@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from app.api.routes.segment import _render
 from app.config import SHIPPED_MODEL_DIR, Device, Settings
 from app.inference.pipeline import normalise, padded_channels, preprocess
 from app.inference.registry import ModelRegistry
 from app.inference.runner import SessionRunner
 from app.inference.tiling import choose_plan, segment_tiled, tile_starts
+from app.service import Limits, segment_file
 from bench.common import (
     PNG_OUT,
     ROOT,
@@ -61,7 +61,7 @@ def raw_and_pipeline(registry: ModelRegistry, name: str, repeats: int) -> dict[s
     raw = time_calls(lambda: session.run([spec.labels_output], {spec.input_name: x}), repeats)
     settings: Settings = registry.settings
     pipeline = time_calls(
-        lambda: _render(model, data, settings.max_pixels, settings.whole_image_max_pixels, PNG_OUT),
+        lambda: segment_file(model, data, PNG_OUT, Limits.from_settings(settings)),
         repeats,
     )
     return {"image": f"{pixels.shape[1]}x{pixels.shape[0]}", "raw": raw, "pipeline": pipeline}

@@ -18,9 +18,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from app.api.routes.segment import Options
 from app.config import Settings
 from app.inference.registry import ModelRegistry
+from app.service import SegmentOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 # BENCH_DATA_ROOT: where the shared datasets are, when not beside the checkout
@@ -28,7 +28,7 @@ DATA = Path(os.environ.get("BENCH_DATA_ROOT", ROOT.parent / "shared" / "datasets
 ISBI_SLICE = DATA / "isbi2012" / "images" / "21.png"
 CAMVID_FRAME = DATA / "camvid" / "val" / "0016E5_08041.png"
 SAMPLE = {"unet-isbi": ISBI_SLICE, "dilated-camvid": CAMVID_FRAME}
-PNG_OUT = Options("png", 0.5, "rle", "auto", None, None, False)  # the endpoint's defaults
+PNG_OUT = SegmentOptions()  # the endpoint's defaults: a palette PNG
 
 
 def sample_pixels(name: str, channels: int) -> np.ndarray:

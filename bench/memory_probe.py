@@ -9,8 +9,8 @@ import os
 import time
 from pathlib import Path
 
-from app.api.routes.segment import _render
 from app.config import Device, Settings
+from app.service import Limits, segment_file
 from bench.common import PNG_OUT, em_mosaic, loaded_registry, peak_rss_mib, png
 
 
@@ -27,9 +27,7 @@ def main() -> None:
     body = png(em_mosaic(args.side))
     baseline = peak_rss_mib(os.getpid())
     started = time.perf_counter()
-    _, _, _, tiles = _render(
-        model, body, settings.max_pixels, settings.whole_image_max_pixels, PNG_OUT
-    )
+    tiles = segment_file(model, body, PNG_OUT, Limits.from_settings(settings)).tiles
     elapsed = time.perf_counter() - started
     print(json.dumps({
         "side": args.side, "tiles": tiles, "seconds": round(elapsed, 2),

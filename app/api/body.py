@@ -1,14 +1,27 @@
-"""Reading the image from a request, with the size limit enforced while reading."""
+"""Reading the image from a request: size limit and deadline enforced while reading, and
+anything past a small threshold spooled to disk, so a slow or large upload holds at most
+`SEG_SPOOL_BYTES` of memory."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from tempfile import SpooledTemporaryFile
+from typing import IO
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
-from app.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from app.config import Settings
+from app.errors import (
+    Abandoned,
+    InvalidImage,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 from app.imaging.media_types import IMAGE_MEDIA_TYPES
 
 # The formats' own media types, common aliases, and untyped bytes (the decoder sniffs).
@@ -17,53 +30,92 @@ RAW_IMAGE_TYPES = frozenset(IMAGE_MEDIA_TYPES.values()) | {
 }  # fmt: skip
 
 
-async def read_limited(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+def _declared_too_large(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(
             f"the body has {declared} bytes; the limit is {limit} (SEG_MAX_UPLOAD_BYTES)"
         )
-    chunks, size = [], 0
-    async for chunk in request.stream():
+
+
+async def limited_stream(
+    request: Request, limit: int, timeout_s: float
+) -> AsyncGenerator[bytes, None]:
+    """The body's chunks: 413 as soon as it passes `limit` bytes, 408 when the whole body
+    has not arrived within `timeout_s`, 499 when the client hangs up mid-body."""
+    _declared_too_large(request, limit)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    size = 0
+    chunks: AsyncIterator[bytes] = request.stream().__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the body did not arrive within {timeout_s:g} s (SEG_BODY_TIMEOUT_S)"
+            ) from None
+        except ClientDisconnect:
+            raise Abandoned("the client closed the connection during the upload") from None
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(
                 f"the body exceeds the limit of {limit} bytes (SEG_MAX_UPLOAD_BYTES)"
             )
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
 
 
-async def read_image_bytes(request: Request, limit: int) -> bytes:
-    """Image bytes from a raw image body or the multipart field `image`."""
+async def read_limited(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body in memory (for bodies that must be parsed whole, such as /v2 JSON)."""
+    return b"".join([chunk async for chunk in limited_stream(request, limit, timeout_s)])
+
+
+async def read_image_upload(request: Request, settings: Settings) -> IO[bytes]:
+    """The image file from a raw image body or the multipart field `image`, as a seekable
+    file positioned at 0 (in memory up to SEG_SPOOL_BYTES, on disk above). The caller
+    closes it."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    stream = limited_stream(request, settings.max_upload_bytes, settings.body_timeout_s)
     if media_type == "multipart/form-data":
-        body = await read_limited(request, limit)
-        return await _multipart_image(request, body)
-    if media_type in RAW_IMAGE_TYPES or media_type == "":
-        return await read_limited(request, limit)
-    raise UnsupportedMediaType(
-        f"content type {media_type!r} is not accepted; send an image/* body "
-        "or multipart/form-data with an 'image' field"
-    )
+        return await _multipart_image(request, stream)
+    if media_type not in RAW_IMAGE_TYPES and media_type != "":
+        raise UnsupportedMediaType(
+            f"content type {media_type!r} is not accepted; send an image/* body "
+            "or multipart/form-data with an 'image' field"
+        )
+    spool: IO[bytes] = SpooledTemporaryFile(max_size=settings.spool_bytes)  # noqa: SIM115
+    try:
+        async for chunk in stream:
+            if spool.tell() + len(chunk) > settings.spool_bytes:
+                await asyncio.to_thread(spool.write, chunk)  # rolls over to disk
+            else:
+                spool.write(chunk)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
 
 
-async def _multipart_image(request: Request, body: bytes) -> bytes:
-    async def stream() -> AsyncGenerator[bytes, None]:
-        yield body
-
-    parser = MultiPartParser(request.headers, stream(), max_files=4, max_fields=16)
+async def _multipart_image(request: Request, stream: AsyncGenerator[bytes, None]) -> IO[bytes]:
+    parser = MultiPartParser(request.headers, stream, max_files=4, max_fields=16)
     try:
         form = await parser.parse()
     except MultiPartException as exc:
         raise InvalidImage(f"malformed multipart body: {exc.message}") from None
+    keep: IO[bytes] | None = None
     try:
         field = form.get("image")
         if field is None:
             raise InvalidImage("the multipart body has no 'image' field")
         if not isinstance(field, UploadFile):
             raise InvalidImage("the 'image' field must be a file upload, not a text field")
-        return await field.read()
+        keep = field.file
+        keep.seek(0)
+        return keep
     finally:
-        await form.close()
+        for _, value in form.multi_items():  # close every other part's file
+            if isinstance(value, UploadFile) and value.file is not keep:
+                await value.close()

@@ -29,16 +29,44 @@ def grey_png(values: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def run_length(labels: np.ndarray) -> list[int]:
-    """Row-major runs as a flat list [class, count, class, count, ...]."""
+def _run_pairs(labels: np.ndarray) -> np.ndarray:
+    """Row-major runs as an int64 array [class, count, class, count, ...]."""
     flat = labels.ravel()
     if flat.size == 0:
-        return []
+        return np.empty(0, np.int64)
     starts = np.concatenate(([0], np.flatnonzero(flat[1:] != flat[:-1]) + 1))
     counts = np.diff(np.concatenate((starts, [flat.size])))
     pairs = np.empty(2 * starts.size, np.int64)
     pairs[0::2], pairs[1::2] = flat[starts], counts
-    return [int(v) for v in pairs.tolist()]
+    return pairs
+
+
+def run_length(labels: np.ndarray) -> list[int]:
+    """Row-major runs as a flat list [class, count, class, count, ...]."""
+    return [int(v) for v in _run_pairs(labels).tolist()]
+
+
+_POWERS_OF_TEN = 10 ** np.arange(1, 19, dtype=np.int64)
+
+
+def rle_text_bytes(labels: np.ndarray) -> int:
+    """Exact length of `rle_json_text(labels)`, found without building it."""
+    pairs = _run_pairs(labels)
+    if pairs.size == 0:
+        return 0
+    digits = np.searchsorted(_POWERS_OF_TEN, pairs, side="right") + 1
+    return int(digits.sum()) + pairs.size - 1
+
+
+def rle_json_text(labels: np.ndarray, chunk: int = 1 << 20) -> bytes:
+    """The runs as the comma-separated text inside a JSON array, built chunk by chunk so
+    that no Python list of every run is ever held (about 36 bytes per number)."""
+    pairs = _run_pairs(labels)
+    parts = [
+        ",".join(map(str, pairs[i : i + chunk].tolist())).encode()
+        for i in range(0, pairs.size, chunk)
+    ]
+    return b",".join(parts)
 
 
 def decode_run_length(counts: list[int], height: int, width: int) -> np.ndarray:
@@ -63,14 +91,25 @@ def class_stats(labels: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
 
 
 def overlay_png(
-    pixels: np.ndarray, labels: np.ndarray, palette: list[tuple[int, int, int]], alpha: float
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    palette: list[tuple[int, int, int]],
+    alpha: float,
+    rows_per_chunk: int = 256,
 ) -> bytes:
-    """The input (as RGB) with the coloured class map blended in at `alpha`."""
-    rgb = np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
-    colours = np.asarray(palette, np.float32)[labels]
-    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colours
+    """The input (as RGB) with the coloured class map blended in at `alpha`. Blended a
+    band of rows at a time: float intermediates stay a few MB at any image size."""
+    height, width = labels.shape
+    colours = np.asarray(palette, np.float32)
+    out = np.empty((height, width, 3), np.uint8)
+    for top in range(0, height, rows_per_chunk):
+        band = slice(top, top + rows_per_chunk)
+        source = pixels[band]
+        rgb = source[..., None] if source.ndim == 2 else source  # grey broadcasts to 3
+        blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colours[labels[band]]
+        blended += 0.5
+        np.clip(blended, 0, 255, out=blended)
+        out[band] = blended.astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), "RGB").save(
-        buffer, format="PNG", compress_level=3
-    )
+    Image.fromarray(out, "RGB").save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue()

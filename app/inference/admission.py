@@ -35,6 +35,17 @@ class Admission:
         self.timed_out = 0
         self.abandoned = 0
 
+    def check_capacity(self) -> None:
+        """503 with Retry-After when no inference can be admitted now; routes ask before
+        reading a body, so a full queue costs no upload."""
+        if self.pending >= self.limit:
+            self.rejected += 1
+            raise Overloaded(
+                f"{self.pending} inferences are running or queued (SEG_MAX_PENDING="
+                f"{self.limit}); retry later",
+                headers={"Retry-After": str(self.retry_after_s)},
+            )
+
     async def run(
         self,
         executor: Executor,
@@ -45,13 +56,7 @@ class Admission:
     ) -> T:
         """`fn(*args)` in the executor. `stop` is set when the answer is no longer wanted;
         `disconnected` is polled while waiting (Starlette's `request.is_disconnected`)."""
-        if self.pending >= self.limit:
-            self.rejected += 1
-            raise Overloaded(
-                f"{self.pending} inferences are running or queued (SEG_MAX_PENDING="
-                f"{self.limit}); retry later",
-                headers={"Retry-After": str(self.retry_after_s)},
-            )
+        self.check_capacity()
         deadline = time.monotonic() + self.timeout_s
         stop = stop or threading.Event()
 

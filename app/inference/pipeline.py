@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,12 +60,20 @@ def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
     return probabilities
 
 
+class Stopped(Exception):
+    """Work stopped between session runs because nobody waits for the answer any more."""
+
+
 def run_probabilities(
-    model: ModelEntry, x: np.ndarray, tta: bool = False, batchable: bool = True
+    model: ModelEntry,
+    x: np.ndarray,
+    tta: bool = False,
+    batchable: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> np.ndarray:
     """Softmax (N, K, H, W) for a preprocessed batch. With `tta`, the average over the 8
     flips and 90-degree rotations of the input (the U-Net paper's test-time augmentation),
-    each mapped back before averaging."""
+    each mapped back before averaging; `should_stop` is asked before each view."""
     assert model.spec is not None
     spec = model.spec
 
@@ -77,6 +86,8 @@ def run_probabilities(
     for flip in (False, True):
         flipped = x[..., ::-1] if flip else x
         for turns in range(4):
+            if should_stop is not None and should_stop():
+                raise Stopped(f"stopped after {4 * flip + turns} of 8 test-time views")
             view = np.ascontiguousarray(np.rot90(flipped, turns, axes=(2, 3)))
             back = np.rot90(probabilities(view), -turns, axes=(2, 3))
             total += back[..., ::-1] if flip else back
@@ -96,6 +107,7 @@ def segment(
     probabilities: bool = False,
     confidence: bool = False,
     tta: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Segmentation:
     """Class map for one decoded image in one pass; uses the graph's argmax output when
     nothing else is asked for (no float logits leave the session then)."""
@@ -109,7 +121,7 @@ def segment(
     if spec.labels_output and not (probabilities or confidence or tta):
         labels = model.run(spec.labels_output, x)[0, :h, :w]
     else:
-        full = run_probabilities(model, x, tta)[0, :, :h, :w]
+        full = run_probabilities(model, x, tta, should_stop=should_stop)[0, :, :h, :w]
         labels = full.argmax(0)
         probs = np.ascontiguousarray(full) if probabilities else None
         confidences = confidence_map(full) if confidence else None

@@ -27,6 +27,7 @@ import numpy as np
 from app.errors import InvalidParameter
 from app.inference.pipeline import (
     Segmentation,
+    Stopped,
     confidence_map,
     normalise,
     padded_channels,
@@ -78,18 +79,20 @@ def choose_plan(
     overlap: int | None = None,
     batch: int | None = None,
 ) -> TilePlan | None:
-    """The tiling for one request, or None for a single whole-image pass."""
-    if tiling == "off" or (tiling == "auto" and height * width <= whole_image_max_pixels):
-        if height * width > whole_image_max_pixels:
+    """The tiling for one request, or None for a single whole-image pass. The one-pass
+    limit counts pixels after padding to the size multiple, as the model sees them."""
+    m = spec.size_multiple
+    padded = (height + (-height) % m) * (width + (-width) % m)
+    if tiling == "off" or (tiling == "auto" and padded <= whole_image_max_pixels):
+        if padded > whole_image_max_pixels:
             raise InvalidParameter(
-                f"tiling=off allows at most {whole_image_max_pixels} pixels in one pass; "
-                "use tiling=auto"
+                f"tiling=off allows at most {whole_image_max_pixels} pixels (padded to the "
+                f"size multiple {m}) in one pass; use tiling=auto"
             )
         return None
     default = spec.tile
     size = size or (default.size if default else DEFAULT_TILE)
     overlap = overlap if overlap is not None else (default.overlap if default else DEFAULT_OVERLAP)
-    m = spec.size_multiple
     if size % m or overlap % m:
         raise InvalidParameter(
             f"tile_size and tile_overlap must be multiples of {m} for this model"
@@ -99,10 +102,6 @@ def choose_plan(
     return TilePlan(size, overlap, batch or (default.batch if default else 1))
 
 
-class Stopped(Exception):
-    """Tiled work stopped between tiles because nobody waits for the answer any more."""
-
-
 def segment_tiled(
     model: ModelEntry,
     pixels: np.ndarray,
@@ -110,7 +109,10 @@ def segment_tiled(
     confidence: bool = False,
     tta: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    probabilities: bool = False,
 ) -> Segmentation:
+    """Class map (and confidence or (K, H, W) probabilities when asked) stitched from the
+    centres of overlapping tiles; stops between tile batches once `should_stop` says so."""
     assert model.spec is not None
     spec = model.spec
     started = time.perf_counter()
@@ -125,12 +127,13 @@ def segment_tiled(
     ]
     labels = np.empty((height, width), np.uint8)
     confidences = np.empty((height, width), np.uint8) if confidence else None
-    use_labels_output = bool(spec.labels_output) and not (confidence or tta)
+    probs = np.empty((spec.num_classes, height, width), np.float32) if probabilities else None
+    use_labels_output = bool(spec.labels_output) and not (confidence or tta or probabilities)
 
     def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if use_labels_output and spec.labels_output:
             return model.run(spec.labels_output, batch, batchable=False), None
-        tile_probs = run_probabilities(model, batch, tta, batchable=False)
+        tile_probs = run_probabilities(model, batch, tta, batchable=False, should_stop=should_stop)
         return tile_probs.argmax(1), tile_probs
 
     def stitch(chunk: list[tuple[int, int]], result: tuple[np.ndarray, np.ndarray | None]) -> None:
@@ -141,9 +144,12 @@ def segment_tiled(
             y1, x1 = min(y1, height), min(x1, width)  # drop the size-multiple padding
             window = (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x))
             labels[y0:y1, x0:x1] = tile_labels[i][window]
-            if confidences is not None and tile_probs is not None:
+            if tile_probs is not None and (confidences is not None or probs is not None):
                 centre = tile_probs[i][(slice(None), *window)]
-                confidences[y0:y1, x0:x1] = confidence_map(centre)
+                if confidences is not None:
+                    confidences[y0:y1, x0:x1] = confidence_map(centre)
+                if probs is not None:
+                    probs[:, y0:y1, x0:x1] = centre
 
     # On a GPU the CPU's tile preparation costs about as much as the run: with
     # `pipelined_tiles` the next batch is prepared while the previous one runs.
@@ -181,6 +187,7 @@ def segment_tiled(
     return Segmentation(
         labels,
         {"preprocess": (setup + preparing) * 1000, "inference": inferring * 1000},
+        probabilities=probs,
         confidence=confidences,
         tiles=len(corners),
     )

@@ -127,8 +127,13 @@ def test_confidence_and_tta(registry: ModelRegistry) -> None:
 
 def test_choose_plan_rules() -> None:
     spec = spec_for("threshold", "t", size_multiple=8, tile={"size": 256, "overlap": 32})
-    assert choose_plan(spec, 100, 100, 100 * 100) is None  # fits one pass
-    assert choose_plan(spec, 100, 101, 100 * 100) == TilePlan(256, 32)
+    assert choose_plan(spec, 104, 104, 104 * 104) is None  # fits one pass
+    assert choose_plan(spec, 104, 105, 104 * 104) == TilePlan(256, 32)
+    # The one-pass limit counts padded pixels: 100 x 100 is 104 x 104 to this model.
+    assert choose_plan(spec, 100, 100, 104 * 104) is None
+    assert choose_plan(spec, 100, 100, 104 * 104 - 1) == TilePlan(256, 32)
+    # A thin strip is 8 rows to the model: tiled, however few pixels it has as given.
+    assert choose_plan(spec, 1, 4096, 8 * 4096 - 1) == TilePlan(256, 32)
     assert choose_plan(spec, 10, 10, 10**6, "on", 64, 16) == TilePlan(64, 16)
     for bad in [("off", None, None), ("on", 60, 8), ("on", 64, 12), ("on", 64, 32)]:
         size = 10 if bad[0] != "off" else 2000

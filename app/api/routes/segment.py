@@ -1,33 +1,20 @@
 from __future__ import annotations
 
 import threading
-import time
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from pydantic import BaseModel
 
-from app.api.body import read_image_bytes
+from app.api.body import read_image_upload
 from app.api.deps import AdmissionDep, ExecutorDep, MetricsDep, RegistryDep, SettingsDep
-from app.errors import PROBLEM_CONTENT, InvalidParameter, ProblemError
-from app.imaging.decode import decode_image
-from app.imaging.encode import (
-    MAX_LIST_PIXELS,
-    class_map_json,
-    class_stats,
-    grey_png,
-    overlay_png,
-    palette_png,
-)
-from app.inference.pipeline import Segmentation, segment
-from app.inference.registry import ModelEntry
-from app.inference.tiling import Tiling, choose_plan, segment_tiled
-from app.schemas import ClassStat, ModelRef, SegmentationResponse
+from app.errors import PROBLEM_CONTENT, ProblemError
+from app.inference.tiling import Tiling
+from app.schemas import SegmentationResponse
+from app.service import Limits, OutputFormat, SegmentOptions, segment_file
+from app.service.segmenting import ClassMapEncoding
 
 router = APIRouter(prefix="/v1/models", tags=["segmentation"])
-
-OutputFormat = Literal["png", "json", "overlay", "confidence"]
 
 REQUEST_BODY = {
     "required": True,
@@ -100,93 +87,6 @@ def choose_format(query: OutputFormat | None, accept: str | None) -> OutputForma
     raise NotAcceptable("this endpoint answers image/png or application/json (or use ?format=)")
 
 
-@dataclass(frozen=True)
-class Options:
-    fmt: OutputFormat
-    alpha: float
-    encoding: str
-    tiling: Tiling
-    tile_size: int | None
-    tile_overlap: int | None
-    tta: bool
-
-
-def _run(
-    model: ModelEntry,
-    pixels: Any,
-    options: Options,
-    whole_image_max: int,
-    stop: threading.Event | None = None,
-) -> Segmentation:
-    assert model.spec is not None
-    height, width = pixels.shape[:2]
-    plan = choose_plan(
-        model.spec, height, width, whole_image_max,
-        options.tiling, options.tile_size, options.tile_overlap, model.tile_batch,
-    )  # fmt: skip
-    confidence = options.fmt == "confidence"
-    if plan is None:
-        return segment(model, pixels, confidence=confidence, tta=options.tta)
-    should_stop = stop.is_set if stop is not None else None
-    return segment_tiled(
-        model, pixels, plan, confidence=confidence, tta=options.tta, should_stop=should_stop
-    )
-
-
-def _render(
-    model: ModelEntry,
-    data: bytes,
-    max_pixels: int,
-    whole_image_max: int,
-    options: Options,
-    stop: threading.Event | None = None,
-) -> tuple[bytes, str, dict[str, float], int]:
-    """Decode, segment, encode: all CPU work, run in the inference executor."""
-    assert model.spec is not None
-    spec = model.spec
-    fmt = options.fmt
-    started = time.perf_counter()
-    image = decode_image(data, max_pixels)
-    if (
-        fmt == "json"
-        and options.encoding == "list"
-        and image.width * image.height > MAX_LIST_PIXELS
-    ):
-        raise InvalidParameter(
-            f"encoding=list is limited to {MAX_LIST_PIXELS} pixels; use encoding=rle"
-        )
-    decoded = time.perf_counter()
-    result = _run(model, image.pixels, options, whole_image_max, stop)
-    segmented = time.perf_counter()
-    timings = {"decode": (decoded - started) * 1000, **result.timings_ms}
-    if fmt == "png":
-        body, media = palette_png(result.labels, spec.palette), "image/png"
-    elif fmt == "confidence":
-        assert result.confidence is not None
-        body, media = grey_png(result.confidence), "image/png"
-    elif fmt == "overlay":
-        overlay = overlay_png(image.pixels, result.labels, spec.palette, options.alpha)
-        body, media = overlay, "image/png"
-    else:
-        class_map = class_map_json(result.labels, options.encoding)
-        stats = [ClassStat(**s) for s in class_stats(result.labels, spec.classes)]
-        timings["encode"] = (time.perf_counter() - segmented) * 1000
-        payload = SegmentationResponse(
-            model=ModelRef(name=spec.name, version=spec.version),
-            width=image.width,
-            height=image.height,
-            classes=spec.classes,
-            class_map=class_map,
-            stats=stats,
-            providers=model.providers,
-            tiles=result.tiles,
-            timings_ms={k: round(v, 3) for k, v in timings.items()},
-        )
-        return payload.model_dump_json().encode(), "application/json", timings, result.tiles
-    timings["encode"] = (time.perf_counter() - segmented) * 1000
-    return body, media, timings, result.tiles
-
-
 @router.post(
     "/{name}/segment",
     summary="Segment one image",
@@ -228,9 +128,7 @@ async def segment_image(
         OutputFormat | None, Query(description="png, json, overlay or confidence")
     ] = None,
     alpha: Annotated[float, Query(ge=0.0, le=1.0, description="Overlay opacity")] = 0.5,
-    encoding: Annotated[
-        Literal["rle", "list"], Query(description="JSON class-map encoding")
-    ] = "rle",
+    encoding: Annotated[ClassMapEncoding, Query(description="JSON class-map encoding")] = "rle",
     tiling: Annotated[
         Tiling,
         Query(description="auto: overlap-tile above SEG_WHOLE_IMAGE_MAX_PIXELS; on; off"),
@@ -246,34 +144,38 @@ async def segment_image(
     ] = False,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
-    options = Options(
+    options = SegmentOptions(
         choose_format(format, accept), alpha, encoding, tiling, tile_size, tile_overlap, tta
     )
     model = registry.get(name)
-    data = await read_image_bytes(request, settings.max_upload_bytes)
-    stop = threading.Event()  # set when nobody waits for the answer any more
-    body, media, timings, tiles = await admission.run(
-        executor,
-        _render,
-        model,
-        data,
-        settings.max_pixels,
-        settings.whole_image_max_pixels,
-        options,
-        stop,
-        stop=stop,
-        disconnected=request.is_disconnected,
-    )
+    admission.check_capacity()  # refuse before reading the body when the queue is full
+    upload = await read_image_upload(request, settings)
+    try:
+        stop = threading.Event()  # set when nobody waits for the answer any more
+        result = await admission.run(
+            executor,
+            segment_file,
+            model,
+            upload,
+            options,
+            Limits.from_settings(settings),
+            stop,
+            stop=stop,
+            disconnected=request.is_disconnected,
+        )
+    finally:
+        upload.close()
     assert model.spec is not None
+    timings = result.timings_ms
     metrics.inference.labels(model.spec.name).observe(timings["inference"] / 1000)
     return Response(
-        body,
-        media_type=media,
+        result.body,
+        media_type=result.media_type,
         headers={
             "X-Model-Name": model.spec.name,
             "X-Model-Version": model.spec.version,
             "X-Inference-Time-Ms": f"{timings['inference']:.2f}",
-            "X-Tiles": str(tiles),
+            "X-Tiles": str(result.tiles),
             "Server-Timing": ", ".join(f"{k};dur={v:.2f}" for k, v in timings.items()),
         },
     )

@@ -7,6 +7,8 @@ encoded image file). Outputs: `labels` (UINT8, [N, H, W]) and, when asked for,
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import numpy as np
@@ -15,12 +17,15 @@ from fastapi.responses import JSONResponse
 
 from app.api.body import read_limited
 from app.api.deps import AdmissionDep, ExecutorDep, MetricsDep, RegistryDep, SettingsDep
+from app.config import Settings
 from app.errors import V2_ERROR_CONTENT, BadInferenceRequest, ModelNotFound, PayloadTooLarge
 from app.imaging.decode import decode_image
-from app.inference.pipeline import segment
+from app.inference.pipeline import Stopped
 from app.inference.registry import ModelEntry, ModelState
 from app.inference.v2_codec import InferenceRequest, encode_response, parse_request
 from app.main_info import SERVER_NAME, VERSION
+from app.service import Limits, infer_pixels
+from app.service.budget import JSON_BYTES_PER_FLOAT, JSON_BYTES_PER_LABEL, check_answer
 
 router = APIRouter(
     prefix="/v2",
@@ -107,7 +112,7 @@ async def model_version_ready(registry: RegistryDep, name: str, version: str) ->
     return _ready_response(_find(registry, name, version))
 
 
-def _images(tensors: dict[str, Any], max_pixels: int) -> list[np.ndarray]:
+def _images(tensors: dict[str, Any], settings: Settings) -> list[np.ndarray]:
     """The request's images as canonical (H, W) or (H, W, 3) uint8 arrays."""
     given = [n for n in tensors if n in ("image", "image_bytes")]
     if len(given) != 1 or len(tensors) != 1:
@@ -118,7 +123,7 @@ def _images(tensors: dict[str, Any], max_pixels: int) -> list[np.ndarray]:
         files = tensors["image_bytes"]
         if not isinstance(files, list) or len(files) != 1:
             raise BadInferenceRequest("'image_bytes' must be a BYTES tensor of shape [1]")
-        return [decode_image(files[0], max_pixels).pixels]
+        return [decode_image(files[0], settings.max_pixels).pixels]
     array = tensors["image"]
     if not isinstance(array, np.ndarray) or array.dtype != np.uint8:
         raise BadInferenceRequest("'image' must be a UINT8 tensor")
@@ -126,8 +131,17 @@ def _images(tensors: dict[str, Any], max_pixels: int) -> list[np.ndarray]:
         raise BadInferenceRequest(
             "'image' must have shape [N, H, W, C] with C 1 or 3 and no empty side"
         )
-    if array.shape[1] * array.shape[2] > max_pixels:
-        raise PayloadTooLarge(f"images of {array.shape[2]}x{array.shape[1]} exceed SEG_MAX_PIXELS")
+    count, height, width = array.shape[:3]
+    if count > settings.v2_max_batch:
+        raise PayloadTooLarge(
+            f"{count} images in one request; the limit is {settings.v2_max_batch} "
+            "(SEG_V2_MAX_BATCH)"
+        )
+    if count * height * width > settings.max_pixels:
+        raise PayloadTooLarge(
+            f"{count} images of {width}x{height} exceed SEG_MAX_PIXELS={settings.max_pixels} "
+            "pixels in all"
+        )
     return [image[..., 0] if image.shape[2] == 1 else image for image in array]
 
 
@@ -146,19 +160,46 @@ def _wanted(request: InferenceRequest) -> list[tuple[str, bool]]:
     return wanted
 
 
+def _check_answer_size(
+    entry: ModelEntry, images: list[np.ndarray], wanted: list[tuple[str, bool]], limits: Limits
+) -> None:
+    """Refuse, before any inference, outputs that would pass SEG_MAX_ANSWER_BYTES."""
+    assert entry.spec is not None
+    pixels = sum(image.shape[0] * image.shape[1] for image in images)
+    size = 0
+    for name, binary in wanted:
+        if name == "labels":
+            size += pixels * (1 if binary else JSON_BYTES_PER_LABEL)
+        else:
+            size += pixels * entry.spec.num_classes * (4 if binary else JSON_BYTES_PER_FLOAT)
+    check_answer(size, "the requested outputs", limits, "ask for binary_data or fewer pixels")
+
+
 def _infer(
-    entry: ModelEntry, request: InferenceRequest, tensors: dict[str, Any], max_pixels: int
+    entry: ModelEntry,
+    request: InferenceRequest,
+    tensors: dict[str, Any],
+    settings: Settings,
+    stop: threading.Event,
 ) -> tuple[bytes, int | None, float]:
-    images = _images(tensors, max_pixels)
+    """Each image through the same service path as /v1 (overlap tiles above
+    SEG_WHOLE_IMAGE_MAX_PIXELS), stopping between images and tiles once `stop` is set."""
+    assert entry.spec is not None
+    limits = Limits.from_settings(settings)
+    images = _images(tensors, settings)
     wanted = _wanted(request)
+    _check_answer_size(entry, images, wanted, limits)
     with_probs = any(name == "probabilities" for name, _ in wanted)
-    results = [segment(entry, image, probabilities=with_probs) for image in images]
+    results = []
+    for done, image in enumerate(images):
+        if stop.is_set():
+            raise Stopped(f"stopped after {done} of {len(images)} images")
+        results.append(infer_pixels(entry, image, limits, probabilities=with_probs, stop=stop))
     arrays = {"labels": np.stack([r.labels for r in results])}
     if with_probs:
         arrays["probabilities"] = np.stack(
             [r.probabilities for r in results if r.probabilities is not None]
         )
-    assert entry.spec is not None
     header: dict[str, Any] = {"model_name": entry.spec.name, "model_version": entry.spec.version}
     if request.id is not None:
         header["id"] = request.id
@@ -178,17 +219,36 @@ async def _infer_route(
         return JSONResponse(
             {"error": f"model {entry.name!r} is {entry.state.value}"}, status_code=503
         )
-    body = await read_limited(request, settings.max_upload_bytes)
-    parsed, tensors = parse_request(body, request.headers.get(HEADER_LENGTH))
+    admission.check_capacity()  # refuse before reading the body when the queue is full
+    body = await read_limited(request, settings.max_upload_bytes, settings.body_timeout_s)
+    header_length = request.headers.get(HEADER_LENGTH)
+    json_bytes = len(body) if header_length is None else _json_length(header_length, len(body))
+    if json_bytes > settings.v2_max_json_bytes:
+        raise PayloadTooLarge(
+            f"the JSON part has {json_bytes} bytes; the limit is {settings.v2_max_json_bytes} "
+            "(SEG_V2_MAX_JSON_BYTES): send large tensors with the binary tensor data extension"
+        )
+    # Parsing and validating JSON holds the interpreter: off the event loop, so health
+    # probes and other requests keep being answered meanwhile.
+    parsed, tensors = await asyncio.to_thread(parse_request, body, header_length)
+    stop = threading.Event()  # set when nobody waits for the answer any more
     content, json_length, inference_ms = await admission.run(
-        executor, _infer, entry, parsed, tensors, settings.max_pixels
-    )
+        executor, _infer, entry, parsed, tensors, settings, stop,
+        stop=stop, disconnected=request.is_disconnected,
+    )  # fmt: skip
     metrics.inference.labels(entry.name).observe(inference_ms / 1000)
     if json_length is None:
         return Response(content, media_type="application/json")
     return Response(
         content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_length)}
     )
+
+
+def _json_length(header_length: str, body_length: int) -> int:
+    """The JSON part's length as the header states it (the codec validates it fully)."""
+    if header_length.isascii() and header_length.isdigit() and len(header_length) <= 12:
+        return min(int(header_length), body_length)
+    return 0
 
 
 @router.post("/models/{name}/infer", summary="Inference (JSON or binary tensor data)")
