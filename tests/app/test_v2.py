@@ -1,6 +1,7 @@
 """Open Inference Protocol endpoints, driven by the real Triton HTTP client."""
 
 import json
+import math
 from collections.abc import Iterator
 
 import httpx
@@ -9,6 +10,8 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from app.errors import BadInferenceRequest
+from app.inference.v2_codec import parse_request
 from tests.app.conftest import png_bytes, running_server
 from tests.app.test_api import expected_grey, grey_pattern, read_png
 from tests.app.tiny_models import write_model
@@ -129,3 +132,89 @@ def test_protocol_errors(client: triton.InferenceServerClient, server: str) -> N
         headers={"Inference-Header-Content-Length": "9999"},
     )
     assert short.status_code == 400 and "does not fit" in short.json()["error"]
+
+
+def uint8_tensor(**fields: object) -> dict[str, object]:
+    return {"name": "image", "datatype": "UINT8", **fields}
+
+
+def v2_request(*inputs: dict[str, object], tail: bytes = b"") -> tuple[bytes, str | None]:
+    """A body and its Inference-Header-Content-Length (None when there is no binary tail)."""
+    head = json.dumps({"inputs": list(inputs)}).encode()
+    return head + tail, (str(len(head)) if tail else None)
+
+
+def binary_tensor(shape: list[int], raw: bytes) -> tuple[bytes, str | None]:
+    return v2_request(
+        uint8_tensor(shape=shape, parameters={"binary_data_size": len(raw)}), tail=raw
+    )
+
+
+SURROGATE = {"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": ["\ud800"]}
+HOSTILE_V2 = {
+    "shape holding 2**70": (v2_request(uint8_tensor(shape=[2**70, 1, 1, 1], data=[1])), "above"),
+    "2**32 x 2**32 overflows int64": (binary_tensor([2**32, 2**32, 1, 1], b""), "above"),
+    "(2**62+1) x 4 wraps to 4": (binary_tensor([2**62 + 1, 4, 1, 1], b"abcd"), "above"),
+    "2**21 x 2**21 x 2**21 x 2 wraps to 0": (binary_tensor([2**21] * 3 + [2], b""), "elements"),
+    "nested 2000 deep": ((b"[" * 2000 + b"]" * 2000, None), "nested deeper"),
+    "nested in data": (
+        (b'{"inputs": [{"name": "image", "data": ' + b"[" * 5000 + b"]" * 5000 + b"}]}", None),
+        "nested deeper",
+    ),
+    "lone surrogate in BYTES": (v2_request(SURROGATE), "not valid Unicode"),
+    "superscript two as header length": ((b"{}", "\u00b2"), "does not fit"),
+    "NaN in UINT8 data": (v2_request(uint8_tensor(shape=[1, 1, 1, 1], data=[math.nan])), "NaN"),
+    "1.7 in UINT8 data": (
+        v2_request(uint8_tensor(shape=[1, 1, 1, 1], data=[1.7])),
+        "whole numbers",
+    ),
+    "strings as UINT8 data": (v2_request(uint8_tensor(shape=[1, 1, 1, 1], data=["7"])), "numbers"),
+    "true as binary_data_size": (
+        v2_request(
+            uint8_tensor(shape=[1, 1, 1, 1], parameters={"binary_data_size": True}), tail=b"x"
+        ),
+        "binary_data_size",
+    ),
+    "one name twice": (
+        v2_request(*[uint8_tensor(shape=[1, 1, 1, 1], data=[1])] * 2),
+        "given twice",
+    ),
+}
+
+
+@pytest.mark.parametrize(("request_", "message"), HOSTILE_V2.values(), ids=HOSTILE_V2.keys())
+def test_hostile_requests_are_bad_requests(
+    request_: tuple[bytes, str | None], message: str
+) -> None:
+    body, header_length = request_
+    with pytest.raises(BadInferenceRequest, match=message) as caught:
+        parse_request(body, header_length)
+    caught.value.detail.encode("utf-8")  # printable in a JSON answer
+
+
+def test_valid_edge_requests_still_parse() -> None:
+    nested = uint8_tensor(shape=[1, 2, 2, 1], data=[[[[0], [255]], [[7.0], [8]]]])
+    limits = {"name": "n", "datatype": "INT64", "shape": [2], "data": [-(2**63), 2**63 - 1]}
+    text = {"name": "s", "datatype": "BYTES", "shape": [1], "data": ["[[[[{{{{" * 50]}
+    body, _ = v2_request(nested, limits, text)
+    _, tensors = parse_request(body, None)
+    image = tensors["image"]
+    assert image.dtype == np.uint8 and image.ravel().tolist() == [0, 255, 7, 8]
+    assert tensors["n"].tolist() == [-(2**63), 2**63 - 1]
+    assert tensors["s"] == [b"[[[[{{{{" * 50]
+    body, length = binary_tensor([1, 2, 2, 1], bytes([1, 2, 3, 4]))
+    assert parse_request(body, length)[1]["image"].ravel().tolist() == [1, 2, 3, 4]
+
+
+def test_hostile_requests_over_http(server: str) -> None:
+    url = f"{server}/v2/models/tiny-grey/infer"
+    for name in ["shape holding 2**70", "(2**62+1) x 4 wraps to 4", "nested 2000 deep",
+                 "lone surrogate in BYTES"]:  # fmt: skip
+        (body, length), _ = HOSTILE_V2[name]
+        headers = {} if length is None else {"Inference-Header-Content-Length": length}
+        response = httpx.post(url, content=body, headers=headers)
+        assert response.status_code == 400 and set(response.json()) == {"error"}, name
+    superscript = httpx.post(
+        url, content=b"{}", headers={"Inference-Header-Content-Length": b"\xb2"}
+    )
+    assert superscript.status_code == 400 and "does not fit" in superscript.json()["error"]
