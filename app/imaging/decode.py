@@ -13,18 +13,43 @@ Conversion rules (also in the README):
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import (
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
 
 from app.errors import InvalidImage, PayloadTooLarge
 
 # We enforce our own limit (SEG_MAX_PIXELS) from the header before decoding; Pillow's
 # own bomb check would fire at a different, fixed size.
 Image.MAX_IMAGE_PIXELS = None
-SUPPORTED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "TIFF", "BMP", "DIB", "WEBP", "GIF"})
+# The Pillow plugins allowed to parse an upload, by the ids Image.open knows them by; every
+# other plugin (DDS, AVIF, SPIDER, ...) never sees untrusted bytes. The JPEG plugin also
+# opens MPO files, which Image.open lists under JPEG.
+OPEN_FORMATS = tuple(
+    plugin.format
+    for plugin in (
+        PngImagePlugin.PngImageFile,
+        JpegImagePlugin.JpegImageFile,
+        TiffImagePlugin.TiffImageFile,
+        BmpImagePlugin.BmpImageFile,
+        BmpImagePlugin.DibImageFile,
+        WebPImagePlugin.WebPImageFile,
+        GifImagePlugin.GifImageFile,
+    )
+)
+SUPPORTED_FORMATS = frozenset({*OPEN_FORMATS, "MPO"})
 
 
 @dataclass(frozen=True)
@@ -42,17 +67,28 @@ class DecodedImage:
         return int(self.pixels.shape[1])
 
 
-def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
-    if not data:
+def decode_image(data: bytes | BinaryIO, max_pixels: int) -> DecodedImage:
+    """Decode an untrusted image file: its bytes, or a seekable binary file positioned at 0.
+
+    Anything the file makes Pillow raise is the client's bad image (InvalidImage, 400);
+    a size above `max_pixels` is PayloadTooLarge (413), checked from the header alone.
+    """
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    if _is_empty(source):
         raise InvalidImage("the request carried no image data")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(data))  # lazy: reads the header only
+        opened = Image.open(source, formats=OPEN_FORMATS)  # lazy: reads the header only
     except UnidentifiedImageError:
         raise InvalidImage("the data is not an image in a supported format") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidImage(f"the image header cannot be read: {exc}") from None
+    except MemoryError:
+        raise _too_much_memory() from None
+    except Exception as exc:  # any plugin failure on untrusted data is a bad file
+        raise InvalidImage(f"the image header cannot be read: {_reason(exc)}") from None
+    with opened:
+        return _decode_opened(opened, max_pixels)
+
+
+def _decode_opened(opened: Image.Image, max_pixels: int) -> DecodedImage:
     file_format = opened.format or ""
     if file_format not in SUPPORTED_FORMATS:
         raise InvalidImage(f"image format {file_format or 'unknown'} is not supported")
@@ -67,10 +103,30 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     try:
         opened.seek(0)
         opened.load()
+        mode = opened.mode
         pixels = _to_canonical(ImageOps.exif_transpose(opened))
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise InvalidImage(f"the image data is truncated or corrupt: {exc}") from None
-    return DecodedImage(pixels, file_format, opened.mode)
+    except MemoryError:
+        raise _too_much_memory() from None
+    except Exception as exc:  # any plugin failure on untrusted data is a bad file
+        raise InvalidImage(f"the image data is truncated or corrupt: {_reason(exc)}") from None
+    return DecodedImage(pixels, file_format, mode)
+
+
+def _is_empty(source: BinaryIO) -> bool:
+    start = source.tell()
+    empty = not source.read(1)
+    source.seek(start)
+    return empty
+
+
+def _reason(exc: Exception) -> str:
+    """A short, printable description of a decoder failure (no paths, no raw bytes)."""
+    text = str(exc)[:200].encode("ascii", "backslashreplace").decode("ascii")
+    return text if text else type(exc).__name__
+
+
+def _too_much_memory() -> PayloadTooLarge:
+    return PayloadTooLarge("the image needs more memory to decode than the server has free")
 
 
 def _to_canonical(image: Image.Image) -> np.ndarray:
@@ -82,7 +138,8 @@ def _to_canonical(image: Image.Image) -> np.ndarray:
         values = np.asarray(image).astype(np.float64)
         if mode.startswith("I"):
             values = values / 257.0
-        return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        # NaN (float files) would make the cast undefined: it becomes 0.
+        return np.clip(np.rint(np.nan_to_num(values)), 0, 255).astype(np.uint8)
     if mode in ("1", "LA", "La"):
         return np.asarray(image.convert("L"))
     if mode in ("P", "PA"):

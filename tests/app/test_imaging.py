@@ -1,5 +1,6 @@
 import io
 import struct
+import tempfile
 import zlib
 
 import numpy as np
@@ -154,3 +155,93 @@ def test_overlay_blends_with_alpha() -> None:
     assert read(overlay_png(pixels, labels, palette, 0.0)).tolist() == [[[100] * 3, [200] * 3]]
     assert read(overlay_png(pixels, labels, palette, 1.0)).tolist() == [[[255, 0, 0], [0, 0, 255]]]
     assert read(overlay_png(pixels, labels, palette, 0.5))[0, 0].tolist() == [178, 50, 50]
+
+
+def tiff_16bit(offset_type: int = 4, offset: bytes | None = None, side: int = 4) -> bytes:
+    """A classic little-endian 16-bit grey TIFF; StripOffsets of the given type and value
+    (default: a LONG pointing at the pixels, a valid file)."""
+    pixels = b"\x01\x02" * side * side
+    short = lambda v: struct.pack("<H", v)  # noqa: E731
+    entry_count = 9
+    pixels_at = 8 + 2 + 12 * entry_count + 4
+    entries = [
+        (256, 3, short(side)),  # ImageWidth
+        (257, 3, short(side)),  # ImageLength
+        (258, 3, short(16)),  # BitsPerSample
+        (259, 3, short(1)),  # Compression: none
+        (262, 3, short(1)),  # PhotometricInterpretation: black is zero
+        (273, offset_type, struct.pack("<I", pixels_at) if offset is None else offset),
+        (277, 3, short(1)),  # SamplesPerPixel
+        (278, 3, short(side)),  # RowsPerStrip
+        (279, 4, struct.pack("<I", len(pixels))),  # StripByteCounts
+    ]
+    ifd, values = b"", b""
+    for tag, kind, value in entries:
+        if len(value) <= 4:
+            ifd += struct.pack("<HHI", tag, kind, 1) + value.ljust(4, b"\0")
+        else:  # stored after the pixels, the entry points at it
+            ifd += struct.pack("<HHII", tag, kind, 1, pixels_at + len(pixels) + len(values))
+            values += value
+    header = b"II*\0" + struct.pack("<IH", 8, entry_count)
+    return header + ifd + b"\0" * 4 + pixels + values
+
+
+def dds_header(fourcc: bytes) -> bytes:
+    """A DDS header with a compressed pixel format (FourCC) Pillow does not implement."""
+    header = struct.pack("<7I", 124, 0x1007, 4, 4, 0, 0, 0) + b"\0" * 44
+    pixel_format = struct.pack("<II4s5I", 32, 0x4, fourcc, 0, 0, 0, 0, 0)
+    return b"DDS " + header + pixel_format + struct.pack("<5I", 0x1000, 0, 0, 0, 0) + b"\0" * 64
+
+
+def spider_header() -> bytes:
+    """A SPIDER header naming image 1 of a stack that is not one (Pillow: AttributeError)."""
+    fields = [0.0] * 27  # 1-based: nslice, nrow, iform, nsam, labrec, labbyt, lenbyt, imgnum
+    for index, value in {1: 1, 2: 4, 5: 1, 12: 4, 13: 1, 22: 108, 23: 108, 27: 1}.items():
+        fields[index - 1] = float(value)
+    return struct.pack(">27f", *fields) + b"\0" * 200
+
+
+HOSTILE_FILES = {
+    "16-bit tiff, RATIONAL strip offsets": tiff_16bit(5, struct.pack("<II", 1, 3)),
+    "16-bit tiff, SRATIONAL strip offsets": tiff_16bit(10, struct.pack("<ii", -1, 3)),
+    "16-bit tiff, DOUBLE strip offsets": tiff_16bit(12, struct.pack("<d", 1e300)),
+    "16-bit tiff, 2**64-1 strip offsets": tiff_16bit(16, struct.pack("<Q", 2**64 - 1)),
+    "dds, unknown fourcc": dds_header(b"ZZZZ"),
+    "dds, dx10 format 0": dds_header(b"DX10"),
+    "spider, stack image without a stack": spider_header(),
+}
+
+
+@pytest.mark.parametrize("data", HOSTILE_FILES.values(), ids=HOSTILE_FILES.keys())
+def test_files_that_break_pillow_plugins_are_invalid_images(data: bytes) -> None:
+    with pytest.raises(InvalidImage):
+        decode_image(data, 10**6)
+
+
+def test_the_tiff_builder_makes_a_valid_file() -> None:
+    """The hostile TIFFs above differ from a good one only in their strip offsets."""
+    decoded = decode_image(tiff_16bit(), 100)
+    assert decoded.format == "TIFF" and decoded.mode.startswith("I;16")
+    assert decoded.pixels.shape == (4, 4) and (decoded.pixels == round(0x0201 / 257)).all()
+
+
+def test_a_spooled_file_decodes_like_its_bytes() -> None:
+    data = encoded(Image.fromarray(RGB), "PNG")
+    with tempfile.SpooledTemporaryFile(max_size=64) as spooled:  # past 64 bytes: on disk
+        spooled.write(data)
+        spooled.seek(0)
+        decoded = decode_image(spooled, 10**6)
+        assert not spooled.closed
+    assert decoded.format == "PNG" and np.array_equal(decoded.pixels, RGB)
+    with tempfile.SpooledTemporaryFile() as empty, pytest.raises(InvalidImage, match="no image"):
+        decode_image(empty, 10**6)
+
+
+def test_memory_error_while_decoding_is_413(monkeypatch: pytest.MonkeyPatch) -> None:
+    def exhausted(self: Image.Image) -> None:
+        raise MemoryError
+
+    data = png_bytes(RGB)
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", exhausted)
+    with pytest.raises(PayloadTooLarge, match="memory"):
+        decode_image(data, 10**6)
