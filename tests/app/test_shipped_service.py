@@ -14,9 +14,7 @@ from app.main import create_app
 from tests.app.conftest import wait_ready
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "datasets"
-needs_data = pytest.mark.skipif(
-    not DATA.is_dir(), reason="../shared/datasets is not beside the checkout"
-)
+needs_data = pytest.mark.shared_data  # tests/conftest.py: skips outside CI when missing
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +39,9 @@ def test_isbi_slice_membrane_fraction_is_plausible(shipped: TestClient) -> None:
         headers={"content-type": "image/png"},
     )
     stats = {s["name"]: s["fraction"] for s in response.json()["stats"]}
-    assert 0.12 < stats["membrane"] < 0.35  # README: 18.7-27.0 % per slice
+    # Slice 21: 20.3 % membrane in the labels, 21.0 % served by unet-isbi 1.2.0; swapped
+    # mean and std or a dropped division move it far outside this band.
+    assert 0.19 < stats["membrane"] < 0.23
 
 
 @needs_data
@@ -55,4 +55,4 @@ def test_camvid_frame_png_matches_labels_mostly(shipped: TestClient) -> None:
     truth = np.asarray(Image.open(DATA / "camvid" / "valannot" / name))
     assert labels.shape == truth.shape == (360, 480)
     valid = truth != 11
-    assert (labels[valid] == truth[valid]).mean() > 0.7
+    assert (labels[valid] == truth[valid]).mean() > 0.87  # 0.900 served; 0.74 with mean/std swapped

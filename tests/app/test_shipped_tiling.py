@@ -13,7 +13,7 @@ from app.inference.registry import ModelRegistry
 from app.inference.tiling import choose_plan, segment_tiled
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "datasets"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/datasets is not beside")
+pytestmark = pytest.mark.shared_data  # tests/conftest.py: skips outside CI when missing
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,7 @@ from models.datasets import DEFAULT_DATA_ROOT, camvid_classes
 from models.metrics import confusion_matrix, mean_iou, pixel_error
 
 SHIPPED = Path(__file__).resolve().parents[2] / "app" / "shipped_models"
-needs_data = pytest.mark.skipif(
-    not DEFAULT_DATA_ROOT.is_dir(), reason="../shared/datasets is not beside the checkout"
-)
+needs_data = pytest.mark.shared_data  # tests/conftest.py: skips outside CI when missing
 
 
 def load(name: str) -> tuple[ModelSpec, ort.InferenceSession]:

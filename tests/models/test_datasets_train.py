@@ -19,10 +19,7 @@ from models.losses import weighted_cross_entropy
 from models.registry import build_model
 from models.train import TrainConfig, lr_at, train
 
-needs_data = pytest.mark.skipif(
-    not (DEFAULT_DATA_ROOT / "isbi2012").is_dir(),
-    reason="../shared/datasets is not beside the checkout",
-)
+needs_data = pytest.mark.shared_data  # tests/conftest.py: skips outside CI when missing
 
 
 def tiny_run(out_dir: Path, **overrides: Any) -> TrainConfig:
@@ -94,6 +91,7 @@ def test_train_smoke_writes_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert state["step"] == 2 and "rand_error" in history[-1]["val"]
 
 
+@needs_data
 def test_fine_tuning_starts_from_the_weights_and_records_its_lineage(tmp_path: Path) -> None:
     train(tiny_run(tmp_path / "a", border_weights=True, epochs=1))
     parent = tmp_path / "a" / "unet-isbi" / "best.pt"
@@ -150,6 +148,7 @@ def test_training_recipe_reads_each_stages_threads_and_time() -> None:
     ]
 
 
+@needs_data
 def test_border_w0_reaches_the_weight_maps(monkeypatch: pytest.MonkeyPatch) -> None:
     import models.tasks as tasks
 

@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""Mutation testing of the request path with mutmut 3 (a developer's tool, not run in CI).
+
+    pip install -e '.[mutation]'
+    .venv/bin/python scripts/mutation.py                  # the committed HEAD
+    .venv/bin/python scripts/mutation.py --worktree       # with uncommitted changes
+    .venv/bin/python scripts/mutation.py --report-only    # re-read the last run
+
+It copies the repository (HEAD, or the working tree with --worktree) into a scratch folder
+(never mutating the checkout), mutates the request-path modules (MODULES) and runs the fast
+tests/app tests against every mutant: those that start no server process, browser or
+schemathesis and need no ../shared data. mutmut records which tests reach each function
+and runs only those per mutant, stopping at the first failure. On two cores the whole run
+takes about a quarter of an hour.
+
+The report goes to docs/mutation/report.md and report.json: date, commit, per-module
+killed/survived/timeout counts, the score, and every survivor with file:line and its
+mutation. Survivors listed in docs/mutation/equivalent.json (matched by file, original
+line and mutated line, so the entries outlive renumbering) are marked equivalent, with
+the reason, and the score is also given without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as dt
+import fnmatch
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT_DIR = ROOT / "docs" / "mutation"
+EQUIVALENT = REPORT_DIR / "equivalent.json"
+MODULES = [
+    "app/imaging/*.py",
+    "app/inference/pipeline.py",
+    "app/inference/tiling.py",
+    "app/inference/v2_codec.py",
+    "app/inference/admission.py",
+    "app/spec.py",
+    "app/service/*.py",
+]
+# Test files that start servers, browsers or schemathesis, or read ../shared, are too slow
+# to run per mutant (and a subprocess server would not see mutmut's active mutant).
+SLOW_MARKERS = ("running_server", "playwright", "schemathesis", "datasets", "SHIPPED_MODEL_DIR")
+STATUS = {1: "killed", 3: "killed", 0: "survived", 36: "timeout", -24: "timeout", 24: "timeout",
+          152: "timeout", 255: "timeout", 5: "no tests", 33: "no tests", 34: "skipped",
+          37: "killed"}  # fmt: skip
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def copy_tree(target: Path, worktree: bool) -> None:
+    """HEAD (or the working tree's tracked and unignored files) into `target`."""
+    if worktree:
+        files = git("ls-files", "-co", "--exclude-standard", "-z").split("\0")
+        for name in filter(None, files):
+            source = ROOT / name
+            if source.is_file():
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target / name)
+        return
+    with tempfile.TemporaryFile() as archive:
+        subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, check=True, stdout=archive)
+        archive.seek(0)
+        with tarfile.open(fileobj=archive) as tar:
+            tar.extractall(target, filter="data")
+
+
+def fast_tests(tree: Path) -> list[str]:
+    chosen = []
+    for path in sorted((tree / "tests" / "app").glob("test_*.py")):
+        text = path.read_text()
+        if not any(marker in text for marker in SLOW_MARKERS):
+            chosen.append(str(path.relative_to(tree)))
+    return chosen
+
+
+def mutated_files(tree: Path) -> list[str]:
+    files = sorted(str(p.relative_to(tree)) for p in (tree / "app").rglob("*.py"))
+    return [f for f in files if any(fnmatch.fnmatch(f, pattern) for pattern in MODULES)]
+
+
+def write_config(tree: Path, tests: list[str], files: list[str]) -> None:
+    lines = ["[mutmut]", "source_paths=app/", "only_mutate="]
+    lines += [f"    {f}" for f in files]
+    lines += ["pytest_add_cli_args_test_selection="] + [f"    {t}" for t in tests]
+    lines += ["pytest_add_cli_args=", "    -p", "    no:cacheprovider", "    -q"]
+    (tree / "setup.cfg").write_text("\n".join(lines) + "\n")
+    # The repository's own pytest options (a global timeout, -ra) stay in force; a
+    # [tool.mutmut] table in pyproject.toml would win over setup.cfg, so none may exist.
+    pyproject = (tree / "pyproject.toml").read_text()
+    assert "[tool.mutmut]" not in pyproject, "configure mutmut here, not in pyproject.toml"
+
+
+def function_lines(path: Path) -> dict[str, int]:
+    """mutmut's function keys (`x_name`, `xǁClassǁname`) -> the line of their `def`."""
+    lines: dict[str, int] = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            lines[f"x_{node.name}"] = node.lineno
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+                    lines[f"xǁ{node.name}ǁ{item.name}"] = item.lineno
+    return lines
+
+
+def describe(tree: Path, name: str, file: str, defs: dict[str, int]) -> dict[str, object]:
+    """file:line and the changed line of one mutant, from `mutmut show`."""
+    diff = subprocess.run(
+        [sys.executable, "-m", "mutmut", "show", name], cwd=tree, capture_output=True, text=True
+    ).stdout
+    key = name.rsplit(".", 1)[-1].split("__mutmut_")[0]
+    start = defs.get(key, 0)
+    old, new, line, relative = [], [], start, 0
+    for text in diff.splitlines():
+        hunk = re.match(r"@@ -(\d+)", text)
+        if hunk:
+            relative = int(hunk.group(1)) - 1
+            continue
+        if text.startswith(("---", "+++")):
+            continue
+        if text.startswith("-"):
+            if not old:
+                line = start + relative
+            old.append(text[1:].strip())
+            relative += 1
+        elif text.startswith("+"):
+            new.append(text[1:].strip())
+        elif text.startswith(" "):
+            relative += 1
+    return {"name": name, "file": file, "line": line, "old": " ".join(old), "new": " ".join(new)}
+
+
+def collect(
+    tree: Path, files: list[str]
+) -> tuple[dict[str, Counter[str]], list[dict[str, object]]]:
+    counts: dict[str, Counter[str]] = {}
+    survivors: list[dict[str, object]] = []
+    for file in files:
+        meta = tree / "mutants" / f"{file}.meta"
+        if not meta.exists():
+            counts[file] = Counter()
+            continue
+        exit_codes = json.loads(meta.read_text())["exit_code_by_key"]
+        counts[file] = Counter(STATUS.get(code, "suspicious") for code in exit_codes.values())
+        defs = function_lines(tree / file)
+        for name, code in sorted(exit_codes.items(), key=lambda item: mutant_order(item[0])):
+            if STATUS.get(code, "suspicious") in ("survived", "no tests", "suspicious"):
+                survivors.append({**describe(tree, name, file, defs), "status": STATUS.get(code)})
+    return counts, survivors
+
+
+def mutant_order(name: str) -> tuple[str, int]:
+    stem, _, number = name.rpartition("__mutmut_")
+    return stem, int(number or 0)
+
+
+def classify(survivors: list[dict[str, object]]) -> None:
+    known = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else []
+    for survivor in survivors:
+        for entry in known:
+            if (entry["file"], entry["old"], entry["new"]) == (
+                survivor["file"],
+                survivor["old"],
+                survivor["new"],
+            ):
+                survivor["equivalent"] = entry["reason"]
+
+
+def score(counts: Counter[str], equivalent: int = 0) -> float | None:
+    checked = sum(counts.values()) - counts["skipped"] - equivalent
+    return round((counts["killed"] + counts["timeout"]) / checked, 4) if checked > 0 else None
+
+
+def write_report(
+    counts: dict[str, Counter[str]],
+    survivors: list[dict[str, object]],
+    tests: list[str],
+    meta: dict[str, object],
+) -> None:
+    total: Counter[str] = sum(counts.values(), Counter())
+    equivalent = sum(1 for s in survivors if "equivalent" in s)
+    document = {
+        **meta,
+        "modules": {f: dict(c) for f, c in counts.items()},
+        "total": dict(total),
+        "score": score(total),
+        "score_without_equivalent": score(total, equivalent),
+        "equivalent": equivalent,
+        "tests": tests,
+        "survivors": survivors,
+    }
+    REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    (REPORT_DIR / "report.json").write_text(
+        json.dumps(document, indent=1, ensure_ascii=False) + "\n"
+    )
+    dirty = " (with uncommitted changes)" if meta["dirty"] else ""
+    out = [
+        "# Mutation testing of the request path",
+        "",
+        f"Run {meta['date']} on commit `{meta['commit']}`{dirty} with mutmut {meta['mutmut']},"
+        f" {meta['minutes']} minutes on {meta['children']} workers; `scripts/mutation.py`"
+        " wrote this file.",
+        "",
+        f"**Score: {pct(score(total))} killed** ({total['killed']} killed,"
+        f" {total['timeout']} timed out, {total['survived']} survived,"
+        f" {total['no tests']} reached by no test, of {sum(total.values())});"
+        f" **{pct(score(total, equivalent))}** without the {equivalent} survivors named"
+        " equivalent below.",
+        "",
+        "| module | mutants | killed | timeout | survived | no tests | score |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for file, c in counts.items():
+        out.append(
+            f"| {file} | {sum(c.values())} | {c['killed']} | {c['timeout']} | {c['survived']}"
+            f" | {c['no tests']} | {pct(score(c))} |"
+        )
+    out += ["", "Tests run against each mutant (those reaching its function):", ""]
+    out += [f"- {t}" for t in tests]
+    out += ["", "## Survivors", "", "| where | mutation | verdict |", "| --- | --- | --- |"]
+    for s in survivors:
+        change = f"`{s['old']}` -> `{s['new']}`".replace("|", "\\|")
+        verdict = f"equivalent: {s['equivalent']}" if "equivalent" in s else str(s["status"])
+        out.append(f"| {s['file']}:{s['line']} | {change} | {verdict} |")
+    (REPORT_DIR / "report.md").write_text("\n".join(out) + "\n")
+
+
+def pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "segserve-mutation"
+    )
+    parser.add_argument("--worktree", action="store_true", help="include uncommitted changes")
+    parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true", help="re-read the last run")
+    args = parser.parse_args()
+    tree: Path = args.workdir
+    started = dt.datetime.now(dt.UTC)
+    if not args.report_only:
+        if tree.exists():
+            shutil.rmtree(tree)
+        tree.mkdir(parents=True)
+        copy_tree(tree, args.worktree)
+    tests, files = fast_tests(tree), mutated_files(tree)
+    if not args.report_only:
+        write_config(tree, tests, files)
+        print(f"mutating {len(files)} files, {len(tests)} test files, in {tree}", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
+            cwd=tree,
+            check=False,
+        )
+    counts, survivors = collect(tree, files)
+    classify(survivors)
+    import mutmut
+
+    previous = REPORT_DIR / "report.json"
+    minutes = (dt.datetime.now(dt.UTC) - started).total_seconds() / 60
+    if args.report_only and previous.exists():
+        minutes = json.loads(previous.read_text()).get("minutes", 0)
+    meta = {
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git("rev-parse", "--short=12", "HEAD"),
+        "dirty": bool(args.worktree and git("status", "--porcelain", "--untracked-files=no")),
+        "mutmut": getattr(mutmut, "__version__", "3"),
+        "children": args.max_children,
+        "minutes": round(minutes, 1),
+    }
+    write_report(counts, survivors, tests, meta)
+    print((REPORT_DIR / "report.md").read_text().split("\n\n")[2])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
