@@ -61,6 +61,18 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [*starts, length - tile]
 
 
+def tile_shape(size: int, height: int, width: int, multiple: int) -> tuple[int, int]:
+    """One tile shape per request: `size` square, except that an image thinner than a tile
+    is one tile across and its tiles are longer by as much, keeping the tile's area (and so
+    its memory): a 16 x 1,000,000 strip runs as 16 x 16,384 tiles, not 16 x 512 ones."""
+    area = size * size
+    if height < size and width > size:
+        return height, min(width, max(size, area // height // multiple * multiple))
+    if width < size and height > size:
+        return min(height, max(size, area // width // multiple * multiple)), width
+    return min(size, height), min(size, width)
+
+
 def keep_range(start: int, tile: int, overlap: int, length: int) -> tuple[int, int]:
     """The part of a tile written into the result: all but the overlap, except at the
     image's borders, where the tile edge is the image edge."""
@@ -119,8 +131,7 @@ def segment_tiled(
     height, width = pixels.shape[:2]
     padded = padded_channels(pixels, spec)  # (C, H', W') uint8
     padded_h, padded_w = padded.shape[1:]
-    # One tile shape per request; an image thinner than a tile is one tile across.
-    tile_h, tile_w = min(plan.size, padded_h), min(plan.size, padded_w)
+    tile_h, tile_w = tile_shape(plan.size, padded_h, padded_w, spec.size_multiple)
     o = plan.overlap
     corners = [
         (y, x) for y in tile_starts(padded_h, tile_h, o) for x in tile_starts(padded_w, tile_w, o)

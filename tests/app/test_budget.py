@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from app.config import Device, Settings
 from app.imaging.encode import overlay_png, rle_json_text, rle_text_bytes, run_length
@@ -67,15 +68,18 @@ def record_runs(client: TestClient, name: str) -> list[tuple[int, ...]]:
 
 
 def test_thin_strip_is_tiled_by_its_padded_size(budget_client: TestClient) -> None:
-    # 1 x 4000 is 4,000 pixels as given but 8 x 4000 = 32,000 padded: above the one-pass
-    # limit of 64 x 64, so it must go through tiles, not one 8 x 4000 pass.
-    pixels = (np.arange(4000) % 256).astype(np.uint8)[None, :]
+    # 1 x 60,000 is 60,000 pixels as given but 8 x 60,000 = 480,000 padded: above the
+    # one-pass limit of 64 x 64, so it goes through tiles of at most a 512 x 512 tile's area
+    # (8 x 32,768), not through one 8 x 60,000 pass.
+    pixels = (np.arange(60_000) % 256).astype(np.uint8)[None, :]
     shapes = record_runs(budget_client, "tiny-grey")
     response = budget_client.post("/v1/models/tiny-grey/segment", content=png_bytes(pixels),
                                   headers=PNG)  # fmt: skip
     assert response.status_code == 200
-    assert int(response.headers["X-Tiles"]) > 1
-    assert all(shape[2] * shape[3] <= 512 * 512 for shape in shapes)
+    assert int(response.headers["X-Tiles"]) == 2
+    assert shapes and all(shape[2] * shape[3] <= 512 * 512 for shape in shapes)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(response.content))),
+                          expected_grey(pixels))  # fmt: skip
 
 
 def test_padded_size_counts_against_max_pixels(budget_client: TestClient) -> None:
@@ -207,8 +211,6 @@ def test_uploads_past_the_spool_threshold_decode_from_disk(
     else:
         response = budget_client.post("/v1/models/tiny-grey/segment", content=data, headers=PNG)
     assert response.status_code == 200
-    from PIL import Image
-
     assert np.array_equal(
         np.asarray(Image.open(io.BytesIO(response.content))), expected_grey(pixels)
     )
@@ -233,8 +235,6 @@ def test_overlay_in_bands_equals_the_whole_image_blend() -> None:
     colours = np.asarray(palette, np.float32)[labels]
     blended = 0.7 * pixels.astype(np.float32) + 0.3 * colours
     expected = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
-    from PIL import Image
-
     for rows in (1, 8, 1000):
         png = overlay_png(pixels, labels, palette, 0.3, rows_per_chunk=rows)
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)

@@ -17,6 +17,7 @@ from app.inference.tiling import (
     TilePlan,
     choose_plan,
     segment_tiled,
+    tile_shape,
     tile_starts,
 )
 from app.main import create_app
@@ -54,8 +55,9 @@ def test_pixelwise_model_tiled_equals_whole(
     pixels = noise(*shape, channels=3)
     tiled = segment_tiled(model, pixels, plan)
     assert np.array_equal(tiled.labels, segment(model, pixels).labels)
-    rows = len(tile_starts(shape[0], min(plan.size, shape[0]), plan.overlap))
-    assert tiled.tiles == rows * len(tile_starts(shape[1], min(plan.size, shape[1]), plan.overlap))
+    tile_h, tile_w = tile_shape(plan.size, *shape, multiple=1)
+    rows = len(tile_starts(shape[0], tile_h, plan.overlap))
+    assert tiled.tiles == rows * len(tile_starts(shape[1], tile_w, plan.overlap))
 
 
 def test_context_model_is_seam_free_with_overlap_and_not_without(registry: ModelRegistry) -> None:
@@ -185,3 +187,12 @@ def test_tiled_work_stops_between_tiles_when_told(registry: ModelRegistry) -> No
 
     with pytest.raises(Stopped, match="after 3 of"):
         segment_tiled(model, noise(200, 200, 3), TilePlan(32, 8), should_stop=should_stop)
+
+
+def test_thin_images_get_long_tiles_of_the_same_area() -> None:
+    assert tile_shape(512, 16, 1_000_000, 16) == (16, 16384)
+    assert tile_shape(512, 1_000_000, 16, 16) == (16384, 16)
+    assert tile_shape(512, 16, 3000, 16) == (16, 3000)  # one tile holds it all
+    assert tile_shape(512, 100, 100, 4) == (100, 100)
+    assert tile_shape(512, 2048, 4096, 16) == (512, 512)
+    assert tile_shape(512, 24, 20_000, 8) == (24, 10920)  # a multiple of 8 within the area
