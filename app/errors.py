@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://segserve.dev/problems/"
@@ -72,6 +73,12 @@ class ModelNotReady(ProblemError):
 
 class Overloaded(ProblemError):
     status, slug = 503, "overloaded"
+
+
+class ShuttingDown(ProblemError):
+    """The server stops before this request's inference ended (SEG_SHUTDOWN_TIMEOUT_S)."""
+
+    status, slug = 503, "shutting-down"
 
 
 class DeadlineExceeded(ProblemError):
@@ -153,6 +160,13 @@ def install_error_handlers(app: FastAPI) -> None:
         response = problem(exc.status_code, detail, None, request)
         response.headers.update(exc.headers or {})
         return response
+
+    @app.exception_handler(ClientDisconnect)
+    async def _disconnected(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client hung up while sending its body: not a server error. Nobody reads this
+        # answer; the access log records it as 499, with no traceback.
+        return problem(499, "the client closed the connection", "client-closed-request",
+                       request, "Client Closed Request")  # fmt: skip
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-import onnxruntime as ort
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
@@ -20,6 +20,7 @@ from app.errors import install_error_handlers
 from app.inference.admission import Admission
 from app.inference.registry import ModelRegistry
 from app.inference.session import SessionFactory, _ort_session, default_workers
+from app.inference.workers import InferencePool
 from app.main_info import SERVER_NAME, VERSION
 from app.observability import (
     BatchCollector,
@@ -29,6 +30,11 @@ from app.observability import (
 )
 
 log = logging.getLogger("segserve")
+
+# After uvicorn's drain (SEG_SHUTDOWN_TIMEOUT_S), the seconds given to inference that was told
+# to stop: tiled work ends at its next tile, queued work is dropped. A single session run
+# still going then is left to end with the process.
+STOP_GRACE_S = 1.0
 
 
 def create_app(
@@ -50,30 +56,35 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        workers = settings.workers or default_workers(
-            settings.device, ort.get_available_providers()
+        # Sized at the first job, from the providers the ready model's session really got.
+        executor = InferencePool(
+            lambda: settings.workers or default_workers(registry.providers_in_use())
         )
-        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
         app.state.executor = executor
         registry.discover()
         # Load and warm up off the event loop: /health/live answers meanwhile and
-        # /health/ready says 503 until every model is warm.
-        loading = asyncio.create_task(asyncio.to_thread(registry.load_all))
+        # /health/ready says 503 until every model is warm. A daemon thread, not asyncio's
+        # default executor, whose threads the interpreter would wait for on exit.
+        threading.Thread(target=registry.load_all, name="load-models", daemon=True).start()
         log.info(
-            "models from %s, device=%s, %d worker(s) x %d onnxruntime thread(s), %d cores",
+            "models from %s, device=%s, %s worker(s) x %d onnxruntime thread(s), %d cores",
             settings.resolved_model_dir,
             settings.device.value,
-            workers,
+            settings.workers or "auto",
             settings.intra_op_threads,
             os.cpu_count() or 1,
         )
         try:
             yield
         finally:
-            if not loading.done():
-                await asyncio.wait({loading}, timeout=settings.shutdown_timeout_s)
-            executor.shutdown(wait=True, cancel_futures=False)
-            registry.close()
+            # Requests still running were cancelled, and with them told to stop. Drop what
+            # is queued, give the rest a moment, and never wait on a session run unboundedly.
+            admission: Admission = app.state.admission
+            executor.shutdown(wait=False, cancel_futures=True)
+            await _wait_until(lambda: admission.pending == 0, STOP_GRACE_S)
+            closing = threading.Thread(target=registry.close, name="close-models", daemon=True)
+            closing.start()
+            await _wait_until(lambda: not closing.is_alive(), STOP_GRACE_S)
 
     app = FastAPI(
         title=SERVER_NAME,
@@ -96,3 +107,9 @@ def create_app(
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     return app
+
+
+async def _wait_until(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -23,8 +23,8 @@ def get_registry(request: Request) -> ModelRegistry:
     return registry
 
 
-def get_executor(request: Request) -> ThreadPoolExecutor:
-    executor: ThreadPoolExecutor = request.app.state.executor
+def get_executor(request: Request) -> Executor:
+    executor: Executor = request.app.state.executor
     return executor
 
 
@@ -40,6 +40,6 @@ def get_metrics(request: Request) -> Metrics:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-ExecutorDep = Annotated[ThreadPoolExecutor, Depends(get_executor)]
+ExecutorDep = Annotated[Executor, Depends(get_executor)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]

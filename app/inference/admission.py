@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
-from app.errors import Abandoned, DeadlineExceeded, Overloaded
+from app.errors import Abandoned, DeadlineExceeded, Overloaded, ShuttingDown
 
 T = TypeVar("T")
 
@@ -34,6 +34,8 @@ class Admission:
         self.rejected = 0
         self.timed_out = 0
         self.abandoned = 0
+        # Each waiting request's stop event and a future that `abort` completes.
+        self.waiting: dict[threading.Event, asyncio.Future[None]] = {}
 
     def check_capacity(self) -> None:
         """503 with Retry-After when no inference can be admitted now; routes ask before
@@ -72,8 +74,13 @@ class Admission:
         future = loop.run_in_executor(executor, guarded)
         future.add_done_callback(self._release)
         watcher = asyncio.create_task(self._watch(disconnected, stop)) if disconnected else None
+        aborted: asyncio.Future[None] = loop.create_future()
+        self.waiting[stop] = aborted
         try:
-            waiters: set[asyncio.Future[Any]] = {asyncio.shield(future)}
+            # No shield: asyncio.wait never cancels what it waits for, and a shield's outer
+            # future would hold the job's exception unretrieved ("Future exception was never
+            # retrieved" on stderr for every failed job).
+            waiters: set[asyncio.Future[Any]] = {future, aborted}
             if watcher is not None:
                 waiters.add(watcher)
             done, _ = await asyncio.wait(
@@ -87,11 +94,29 @@ class Admission:
                 )
             if future.done():
                 return future.result()
+            if aborted.done():
+                raise ShuttingDown("the service is shutting down; retry on another instance")
             self.abandoned += 1  # the watcher finished first: the client is gone
             raise Abandoned("the client closed the connection")
+        except asyncio.CancelledError:
+            # The request's task was cancelled (shutdown past SEG_SHUTDOWN_TIMEOUT_S): nobody
+            # waits for this answer, so queued work is skipped and tiled work stops.
+            stop.set()
+            raise
         finally:
+            self.waiting.pop(stop, None)
+            aborted.cancel()
             if watcher is not None:
                 watcher.cancel()
+                watcher.add_done_callback(_retrieve)
+
+    def abort(self) -> None:
+        """Shutdown: every waiting request answers 503 at once and its work stops (queued work
+        is skipped, tiled work stops between tiles). On the event loop."""
+        for stop, aborted in list(self.waiting.items()):
+            stop.set()
+            if not aborted.done():
+                aborted.set_result(None)
 
     @staticmethod
     async def _watch(disconnected: Callable[[], Awaitable[bool]], stop: threading.Event) -> None:
@@ -101,5 +126,9 @@ class Admission:
 
     def _release(self, future: asyncio.Future[Any]) -> None:
         self.pending -= 1
-        if not future.cancelled():
-            future.exception()  # retrieved, so a skipped or abandoned job logs no warning
+        _retrieve(future)  # so a skipped, abandoned or failed job logs no warning
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

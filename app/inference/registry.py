@@ -8,6 +8,8 @@ with a reason; the other models still serve.
 from __future__ import annotations
 
 import logging
+import re
+import stat
 import threading
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -77,6 +79,11 @@ class ModelRegistry:
             log.error("model directory %s does not exist", directory)
             return
         self.entries = [ModelEntry(p.name) for p in sorted(directory.glob("*.onnx"))]
+        for entry in self.entries:
+            problem = _not_a_model_file(directory / entry.file)
+            if problem is not None:  # never opened: a FIFO would block the loader for good
+                entry.state, entry.reason = ModelState.failed, problem
+                log.error("model %s not served: %s", entry.file, problem)
         if not self.entries:
             self.problem = "no *.onnx models in the model directory (SEG_MODEL_DIR)"
             log.error("no *.onnx files in %s", directory)
@@ -85,13 +92,17 @@ class ModelRegistry:
         """Blocking: load and warm up each model in turn (run it off the event loop)."""
         try:
             for entry in self.entries:
-                self._load(entry)
+                if entry.state is ModelState.loading:
+                    self._load(entry)
         finally:
             self.loaded.set()
 
     def _load(self, entry: ModelEntry) -> None:
         path = self.settings.resolved_model_dir / entry.file
         try:
+            problem = _not_a_model_file(path)  # again: it may have been replaced since
+            if problem is not None:
+                raise ValueError(problem)
             session, providers = create_session(
                 path,
                 self.settings.device,
@@ -108,9 +119,9 @@ class ModelRegistry:
             self._attach_runner(entry, session, spec)
         except Exception as exc:  # any failure marks this model only
             entry.state = ModelState.failed
-            entry.reason = _clean(str(exc), path)
+            entry.reason = public_reason(str(exc), path)
             entry.session = None
-            log.error("model %s not served: %s", entry.file, entry.reason)
+            log.error("model %s not served: %s", entry.file, exc)  # the full text
             return
         entry.state = ModelState.ready
         log.info("model %s (%s) ready on %s", spec.name, entry.file, ",".join(providers))
@@ -162,6 +173,10 @@ class ModelRegistry:
     def served(self) -> list[ModelEntry]:
         return [e for e in self.entries if e.spec is not None]
 
+    def providers_in_use(self) -> set[str]:
+        """The providers the ready models' sessions really run on."""
+        return {p for e in self.entries if e.state is ModelState.ready for p in e.providers}
+
 
 def _check_graph(session: ort.InferenceSession, spec: ModelSpec) -> None:
     inputs = {i.name: i for i in session.get_inputs()}
@@ -191,6 +206,30 @@ def warm_up(session: ort.InferenceSession, spec: ModelSpec) -> None:
         )
 
 
-def _clean(message: str, path: Path) -> str:
-    """Reasons are shown to clients: no directory paths."""
-    return message.replace(str(path), path.name).replace(str(path.parent), "<model dir>")[:500]
+def _not_a_model_file(path: Path) -> str | None:
+    """Why `path` cannot be a model without opening it, or None: only regular files (or links
+    to them) are read; opening a FIFO blocks until someone writes to it."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"cannot read the file: {exc.strerror or exc}"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a directory, FIFO, socket or device); models are files"
+    return None
+
+
+# onnxruntime's source locations, with the C++ function after them:
+# "/onnxruntime_src/onnxruntime/core/graph/model.cc:256 onnxruntime::Model::Model(...)".
+_SOURCE_LOCATION = re.compile(
+    r"(?:/[\w.+-]+)+\.(?:cc|cpp|cxx|c|h|hpp|cu|cuh):\d+(?:\s+[^()]*?::[^()]*?\([^)]*\)(?:\s*const)?)?"
+)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])(?:/[^\s/'\"(),;:\[\]]+)+/?")
+
+
+def public_reason(message: str, path: Path) -> str:
+    """A failure's text as clients see it (on /health/ready, open without a key): file names
+    only, no directories, no onnxruntime source paths. The log has the full text."""
+    message = message.replace(str(path), path.name).replace(str(path.parent), "<model dir>")
+    message = _SOURCE_LOCATION.sub("", message)
+    message = _ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], message)
+    return " ".join(message.split())[:500]

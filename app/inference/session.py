@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import onnxruntime as ort
@@ -31,11 +31,12 @@ def requested_providers(device: Device, available: list[str]) -> list[str]:
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
-def default_workers(device: Device, available: list[str]) -> int:
-    """Request threads when SEG_WORKERS is unset: on CPU one inference already uses every
-    core, so one at a time; with CUDA, enough to decode and encode on the CPU while the
-    GPU runs, and to fill a dynamic batch."""
-    return 8 if CUDA in requested_providers(device, available) else 1
+def default_workers(active: Iterable[str]) -> int:
+    """Request threads when SEG_WORKERS is unset, from the providers the sessions really run
+    on (not the ones asked for: onnxruntime falls back to CPU silently): on CPU one inference
+    already uses every core, so one at a time; with CUDA, enough to decode and encode on the
+    CPU while the GPU runs, and to fill a dynamic batch."""
+    return 8 if CUDA in active else 1
 
 
 def session_options(intra_op_threads: int) -> ort.SessionOptions:
@@ -83,11 +84,12 @@ def create_session(
     device: Device,
     intra_op_threads: int,
     factory: SessionFactory = _ort_session,
-    available: Callable[[], list[str]] = ort.get_available_providers,
+    available: Callable[[], list[str]] | None = None,
     cuda_options: dict[str, str] | None = None,
 ) -> tuple[ort.InferenceSession, list[str]]:
     """A session and the providers it really got (onnxruntime falls back silently)."""
-    providers = requested_providers(device, list(available()))
+    listed = available() if available is not None else ort.get_available_providers()
+    providers = requested_providers(device, list(listed))
     with_options: list[Provider] = [
         (p, cuda_options) if p == CUDA and cuda_options else p for p in providers
     ]

@@ -1,6 +1,7 @@
 """Admission control (503 + Retry-After past SEG_MAX_PENDING) and deadlines (504)."""
 
 import asyncio
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -173,3 +174,73 @@ def test_abandoned_renders_as_a_499_problem_with_its_own_title() -> None:
     assert response.status_code == 499
     assert response.json()["title"] == "Client Closed Request"
     assert response.json()["type"].endswith("/client-closed-request")
+
+
+def test_a_cancelled_request_tells_its_work_to_stop_and_queued_work_is_skipped() -> None:
+    """Shutdown past SEG_SHUTDOWN_TIMEOUT_S cancels the requests' tasks: their work must stop
+    (tiled work between tiles, queued work not at all), or the executor runs it all first."""
+    ran: list[int] = []
+    queued_ran: list[int] = []
+
+    async def scenario() -> None:
+        admission = Admission(limit=4, timeout_s=10)
+        running_stop, queued_stop = threading.Event(), threading.Event()
+        with ThreadPoolExecutor(1) as executor:
+            running = asyncio.create_task(
+                admission.run(executor, cooperative, running_stop, ran, stop=running_stop)
+            )
+            queued = asyncio.create_task(
+                admission.run(executor, cooperative, queued_stop, queued_ran, stop=queued_stop)
+            )
+            await asyncio.sleep(0.1)
+            running.cancel()
+            queued.cancel()
+            for task in (running, queued):
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            assert running_stop.is_set() and queued_stop.is_set()
+            started = time.monotonic()
+            while admission.pending and time.monotonic() - started < 2:
+                await asyncio.sleep(0.01)
+            assert admission.pending == 0
+            assert time.monotonic() - started < 0.5  # not the remaining second of work
+
+    asyncio.run(scenario())
+    assert len(ran) < 20 and queued_ran == []
+
+
+def test_failed_jobs_leave_no_unretrieved_future_exception(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every failed executor job used to log "Future exception was never retrieved" with a
+    traceback when the shielded future was collected."""
+    import gc
+
+    def fails() -> None:
+        raise ValueError("bad input")
+
+    def slow_fail() -> None:
+        time.sleep(0.2)
+        raise ValueError("late")
+
+    async def scenario() -> None:
+        admission = Admission(limit=4, timeout_s=0.05)
+        with ThreadPoolExecutor(1) as executor:
+            with pytest.raises(ValueError):
+                await admission.run(executor, fails)
+            with pytest.raises(DeadlineExceeded):  # fails after its deadline: nobody awaits it
+                await admission.run(executor, slow_fail)
+            await asyncio.sleep(0.3)
+            task = asyncio.create_task(admission.run(executor, slow_fail))
+            await asyncio.sleep(0.01)
+            task.cancel()  # fails after its request was cancelled
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.3)
+        gc.collect()
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(scenario())
+        gc.collect()
+    never = [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert never == []

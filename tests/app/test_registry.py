@@ -1,3 +1,7 @@
+import contextlib
+import logging
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -6,7 +10,7 @@ import pytest
 
 from app.config import Device, Settings
 from app.errors import ModelNotFound, ModelNotReady
-from app.inference.registry import ModelEntry, ModelRegistry, ModelState
+from app.inference.registry import ModelEntry, ModelRegistry, ModelState, public_reason
 from app.inference.session import (
     CPU,
     CUDA,
@@ -101,11 +105,10 @@ def test_requested_providers() -> None:
     assert requested_providers(Device.cuda, [CPU]) == [CUDA, CPU]
 
 
-def test_default_workers_follow_the_provider_asked_for() -> None:
-    assert default_workers(Device.cpu, [CUDA, CPU]) == 1
-    assert default_workers(Device.auto, [CPU]) == 1
-    assert default_workers(Device.auto, [CUDA, CPU]) == 8
-    assert default_workers(Device.cuda, [CPU]) == 8
+def test_default_workers_follow_the_providers_in_use() -> None:
+    assert default_workers([CPU]) == 1
+    assert default_workers(set()) == 1
+    assert default_workers([CUDA, CPU]) == 8
 
 
 class FakeSession:
@@ -159,3 +162,93 @@ def test_the_cudnn_search_setting_reaches_the_cuda_provider(tmp_path: Path) -> N
     assert asked == [(CUDA, {"cudnn_conv_algo_search": "EXHAUSTIVE"}), CPU]
     _, active = create_session(tmp_path / "a.onnx", Device.cpu, 1, recording)  # type: ignore[arg-type]
     assert asked[-1:] == [CPU] and active == [CPU]  # no options without CUDA
+
+
+def test_a_fifo_named_onnx_fails_alone_and_later_models_load(tmp_path: Path) -> None:
+    """Opening a FIFO blocks until someone writes to it: it used to hold the loader, and
+    every later model stayed "loading" for good."""
+    os.mkfifo(tmp_path / "a-fifo.onnx")
+    (tmp_path / "b-dir.onnx").mkdir()
+    write_model(tmp_path, "threshold", "c")
+    registry = ModelRegistry(Settings(model_dir=tmp_path, device=Device.cpu, intra_op_threads=1))
+    registry.discover()
+    loader = threading.Thread(target=registry.load_all, daemon=True)
+    loader.start()
+    loader.join(timeout=20)
+    assert not loader.is_alive(), states(registry)
+    found = states(registry)
+    assert found["c.onnx"] == ("ready", None)
+    for name in ("a-fifo.onnx", "b-dir.onnx"):
+        state, reason = found[name]
+        assert state == "failed" and "not a regular file" in (reason or "")
+
+
+def test_public_reasons_name_files_only_and_the_log_keeps_the_full_text(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reasons are shown without a key on /health/ready: no host directories and no
+    onnxruntime source paths; the log has the full text."""
+    import onnx
+
+    from tests.app.tiny_models import build_graph
+
+    model = build_graph("threshold")
+    model.ir_version = 99  # onnxruntime's error names its own source file and C++ function
+    onnx.save(model, str(tmp_path / "future.onnx"))
+    with caplog.at_level(logging.ERROR, logger="segserve.registry"):
+        registry = load(tmp_path)
+    ((state, reason),) = states(registry).values()
+    assert state == "failed" and reason is not None
+    assert "IR version" in reason and "future.onnx" in reason
+    assert "/" not in reason, reason
+    assert "onnxruntime_src" not in reason and "::" not in reason, reason
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert str(tmp_path / "future.onnx") in logged and "onnxruntime" in logged
+
+
+@pytest.mark.parametrize(
+    ("message", "public"),
+    [
+        ("open /srv/models/x/y.data failed", "open y.data failed"),
+        ("see /var/lib/thing/, then (/a/b.c)", "see thing, then (b.c)"),
+        ("failed:/onnxruntime_src/a.cc:12 void onnxruntime::F(int) const oops", "failed: oops"),
+        ("1/2 of the input; https://errors.pydantic.dev/2.9/v/x", "1/2 of the input; https://errors.pydantic.dev/2.9/v/x"),
+    ],
+)  # fmt: skip
+def test_public_reason(message: str, public: str) -> None:
+    assert public_reason(message, Path("/elsewhere/m.onnx")) == public
+
+
+def test_worker_count_follows_the_providers_in_use_not_the_ones_asked_for(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime-gpu on a host without a GPU lists CUDA as available; sessions asked for
+    CUDA run on CPU. The default worker count must be the CPU one: 1."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.app.conftest import wait_ready
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    asked: list[object] = []
+
+    def falls_back(path: str, options: ort.SessionOptions, providers: list[object]) -> Any:
+        asked.append(providers[0])
+        return ort.InferenceSession(path, options, providers=[CPU])
+
+    settings = Settings(model_dir=model_dir, device=Device.auto, intra_op_threads=1)
+    with TestClient(create_app(settings, falls_back)) as client:  # type: ignore[arg-type]
+        wait_ready(client)
+        assert asked and all(a == (CUDA, {"cudnn_conv_algo_search": "HEURISTIC"}) for a in asked)
+        executor = client.app.state.executor  # type: ignore[attr-defined]
+        gate = threading.Barrier(2, timeout=0.5)
+        names: set[str] = set()
+
+        def job() -> None:
+            names.add(threading.current_thread().name)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                gate.wait()  # two at once only if there are two workers
+
+        for future in [executor.submit(job) for _ in range(4)]:
+            future.result(timeout=10)
+        assert len(names) == 1, names
