@@ -15,10 +15,7 @@ from app.config import Device, Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from app.main import create_app
-    from app.server import DrainingServer
+    from app.server import serve
 
     overrides: dict[str, Any] = {
         key: value
@@ -33,16 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"segserve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,  # segserve logs one structured line per request itself
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
-    )
-    DrainingServer(config, app.state.registry.start_draining, settings.drain_delay_s).run()
+    serve(settings)
     return 0
 
 

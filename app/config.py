@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "shipped_models"
@@ -137,6 +137,30 @@ class Settings(BaseSettings):
         description="Seconds between SIGTERM and closing the listener: readiness is 503 "
         "meanwhile, so load balancers stop sending before connections are refused.",
     )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Open HTTP connections at most: past it a new connection closes the one "
+        "that has waited longest without a request in progress (503 when all have one).",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Time for a request's line and headers to arrive once a connection is "
+        "open or its previous answer sent; then the connection is closed (408).",
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_or_nothing(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if raw and not any(k.strip() for k in raw.split(",")):
+            raise ValueError(
+                "SEG_API_KEYS is set but holds no key (only commas or spaces); unset it to "
+                "run without authentication, or give at least one key"
+            )
+        return value
 
     @property
     def api_key_list(self) -> list[str]:

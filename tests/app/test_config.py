@@ -41,3 +41,22 @@ def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for name in Settings.model_fields:
         assert f"`SEG_{name.upper()}`" in readme, name
+
+
+@pytest.mark.parametrize("value", [",", " ", " , ,", "\t"])
+def test_api_keys_that_hold_no_key_are_refused(
+    value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SEG_API_KEYS="," or whitespace used to turn authentication off without a word."""
+    monkeypatch.setenv("SEG_API_KEYS", value)
+    with pytest.raises(ValidationError, match="SEG_API_KEYS is set but holds no key"):
+        Settings()
+    from app.cli import main
+
+    assert main(["serve", "--port", "1"]) == 2  # refused before anything starts
+    assert "SEG_API_KEYS is set but holds no key" in capsys.readouterr().err
+
+
+def test_unset_or_real_api_keys_are_accepted() -> None:
+    assert Settings(api_keys="").api_key_list == []
+    assert Settings(api_keys=" a, ,b ").api_key_list == ["a", "b"]

@@ -1,0 +1,83 @@
+"""The real server (`app.server.serve`, as `segserve serve` runs it) with sessions that sleep
+before every run, so that tests can hold work in flight and in the queue.
+
+`python -m tests.app.slow_server MODEL_DIR PORT SECONDS_PER_RUN` (other settings: SEG_* env).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import onnxruntime as ort
+
+from tests.app.conftest import free_port, server_output
+
+
+class SlowSession:
+    """An onnxruntime session whose `run` first sleeps `delay` seconds."""
+
+    def __init__(self, session: ort.InferenceSession, delay: float) -> None:
+        self._session, self._delay = session, delay
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(self._delay)
+        return self._session.run(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+@contextlib.contextmanager
+def slow_server(
+    model_dir: Path, seconds_per_run: float, **env: str
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Like conftest's `running_server`: yields (base URL, process) once ready."""
+    port = free_port()
+    environment = {**os.environ, "SEG_INTRA_OP_THREADS": "1", "SEG_DEVICE": "cpu", **env}
+    command = [sys.executable, "-m", "tests.app.slow_server", str(model_dir), str(port),
+               str(seconds_per_run)]  # fmt: skip
+    with tempfile.TemporaryFile(mode="w+") as log:
+        process = subprocess.Popen(
+            command, env=environment, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
+        process.log = log  # type: ignore[attr-defined]
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert process.poll() is None, server_output(process)
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                        break
+                assert time.monotonic() < deadline, "server never became ready"
+                time.sleep(0.2)
+            yield base, process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+
+
+def main() -> None:
+    from app.config import Settings
+    from app.server import serve
+
+    model_dir, port, delay = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+
+    def factory(path: str, options: ort.SessionOptions, providers: list[Any]) -> Any:
+        return SlowSession(ort.InferenceSession(path, options, providers=providers), delay)
+
+    serve(Settings(model_dir=model_dir, port=port), factory)
+
+
+if __name__ == "__main__":
+    main()
