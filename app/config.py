@@ -32,7 +32,8 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="Requests decoded, run and encoded at once (thread pool size; default: 1 "
-        "on CPU, where one inference uses every core, 8 when CUDA is available).",
+        "when the sessions run on CPU, where one inference uses every core, 8 when they run "
+        "on CUDA; decided from the providers in use, not the ones installed).",
     )
     intra_op_threads: int = Field(
         default_factory=lambda: os.cpu_count() or 1,

@@ -36,6 +36,7 @@ class Admission:
         self.abandoned = 0
         # Each waiting request's stop event and a future that `abort` completes.
         self.waiting: dict[threading.Event, asyncio.Future[None]] = {}
+        self.aborted = False  # after `abort`, new requests are refused too
 
     def check_capacity(self) -> None:
         """503 with Retry-After when no inference can be admitted now; routes ask before
@@ -58,6 +59,8 @@ class Admission:
     ) -> T:
         """`fn(*args)` in the executor. `stop` is set when the answer is no longer wanted;
         `disconnected` is polled while waiting (Starlette's `request.is_disconnected`)."""
+        if self.aborted:
+            raise ShuttingDown("the service is shutting down; retry on another instance")
         self.check_capacity()
         deadline = time.monotonic() + self.timeout_s
         stop = stop or threading.Event()
@@ -112,7 +115,9 @@ class Admission:
 
     def abort(self) -> None:
         """Shutdown: every waiting request answers 503 at once and its work stops (queued work
-        is skipped, tiled work stops between tiles). On the event loop."""
+        is skipped, tiled work stops between tiles), and later ones are refused. On the event
+        loop."""
+        self.aborted = True
         for stop, aborted in list(self.waiting.items()):
             stop.set()
             if not aborted.done():

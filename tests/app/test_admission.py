@@ -244,3 +244,33 @@ def test_failed_jobs_leave_no_unretrieved_future_exception(
         gc.collect()
     never = [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
     assert never == []
+
+
+def test_abort_answers_waiting_requests_503_stops_their_work_and_refuses_new_ones() -> None:
+    """Shutdown calls `abort` just before uvicorn's graceful timeout: requests end with a
+    503 problem instead of being cancelled into a bare 500 with a traceback."""
+    from app.errors import ShuttingDown
+
+    ran: list[int] = []
+
+    async def scenario() -> None:
+        admission = Admission(limit=4, timeout_s=10)
+        stops = [threading.Event(), threading.Event()]
+        with ThreadPoolExecutor(1) as executor:
+            tasks = [
+                asyncio.create_task(admission.run(executor, cooperative, stop, ran, stop=stop))
+                for stop in stops
+            ]
+            await asyncio.sleep(0.1)
+            admission.abort()
+            for task in tasks:
+                with pytest.raises(ShuttingDown):
+                    await task
+            assert all(stop.is_set() for stop in stops)
+            with pytest.raises(ShuttingDown):
+                await admission.run(executor, cooperative, threading.Event(), ran)
+            await asyncio.sleep(0.1)
+            assert admission.pending == 0
+
+    asyncio.run(scenario())
+    assert len(ran) < 15
