@@ -25,10 +25,12 @@ from typing import Literal
 import numpy as np
 
 from app.errors import InvalidParameter
+from app.imaging.decode import to_channels
 from app.inference.pipeline import (
     Segmentation,
     Stopped,
     confidence_map,
+    mirror_pad,
     normalise,
     padded_channels,
     run_probabilities,
@@ -114,6 +116,35 @@ def choose_plan(
     return TilePlan(size, overlap, batch or (default.batch if default else 1))
 
 
+class TileSource:
+    """Tiles of the image as the model sees it, (C, h, w) uint8, mirror-padded to the size
+    multiple, cut out one at a time: no padded copy of the whole image is ever made. A
+    tile over the bottom/right margin is mirrored within itself, which equals mirroring the
+    whole image when the tile holds more real rows (columns) than the margin; for tiny
+    images, where it might not, the whole padded image is made (it is small then)."""
+
+    def __init__(self, pixels: np.ndarray, spec: ModelSpec, tile_h: int, tile_w: int) -> None:
+        self.pixels, self.spec = pixels, spec
+        self.height, self.width = pixels.shape[:2]
+        m = spec.size_multiple
+        self.padded_h, self.padded_w = (
+            self.height + (-self.height) % m,
+            self.width + (-self.width) % m,
+        )
+        margin_h, margin_w = self.padded_h - self.height, self.padded_w - self.width
+        local = (tile_h >= self.padded_h or tile_h - margin_h > margin_h) and (
+            tile_w >= self.padded_w or tile_w - margin_w > margin_w
+        )
+        self.whole = None if local else padded_channels(pixels, spec)
+
+    def tile(self, y: int, x: int, tile_h: int, tile_w: int) -> np.ndarray:
+        if self.whole is not None:
+            return self.whole[:, y : y + tile_h, x : x + tile_w]
+        part = self.pixels[y : min(y + tile_h, self.height), x : min(x + tile_w, self.width)]
+        chw = to_channels(part, self.spec.input_channels).transpose(2, 0, 1)
+        return mirror_pad(chw, tile_h - chw.shape[1], tile_w - chw.shape[2])
+
+
 def segment_tiled(
     model: ModelEntry,
     pixels: np.ndarray,
@@ -122,21 +153,29 @@ def segment_tiled(
     tta: bool = False,
     should_stop: Callable[[], bool] | None = None,
     probabilities: bool = False,
+    labels_out: np.ndarray | None = None,
+    first_tile: int = 0,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Segmentation:
     """Class map (and confidence or (K, H, W) probabilities when asked) stitched from the
-    centres of overlapping tiles; stops between tile batches once `should_stop` says so."""
+    centres of overlapping tiles; stops between tile batches once `should_stop` says so.
+
+    For long work: the map is written into `labels_out` when given (e.g. a file-backed
+    memmap), tiles before `first_tile` (rounded down to a batch) are taken as done, and
+    `on_progress(done, total)` is called after each batch is written."""
     assert model.spec is not None
     spec = model.spec
     started = time.perf_counter()
     height, width = pixels.shape[:2]
-    padded = padded_channels(pixels, spec)  # (C, H', W') uint8
-    padded_h, padded_w = padded.shape[1:]
-    tile_h, tile_w = tile_shape(plan.size, padded_h, padded_w, spec.size_multiple)
+    m = spec.size_multiple
+    padded_h, padded_w = height + (-height) % m, width + (-width) % m
+    tile_h, tile_w = tile_shape(plan.size, padded_h, padded_w, m)
+    source = TileSource(pixels, spec, tile_h, tile_w)
     o = plan.overlap
     corners = [
         (y, x) for y in tile_starts(padded_h, tile_h, o) for x in tile_starts(padded_w, tile_w, o)
     ]
-    labels = np.empty((height, width), np.uint8)
+    labels = labels_out if labels_out is not None else np.empty((height, width), np.uint8)
     confidences = np.empty((height, width), np.uint8) if confidence else None
     probs = np.empty((spec.num_classes, height, width), np.float32) if probabilities else None
     use_labels_output = bool(spec.labels_output) and not (confidence or tta or probabilities)
@@ -171,28 +210,39 @@ def segment_tiled(
     preparing = inferring = 0.0
     pending: tuple[list[tuple[int, int]], Future[tuple[np.ndarray, np.ndarray | None]]] | None
     pending = None
+    done = first_tile - first_tile % plan.batch
+
+    def stitched(
+        chunk: list[tuple[int, int]], result: tuple[np.ndarray, np.ndarray | None]
+    ) -> None:
+        nonlocal done
+        stitch(chunk, result)
+        done += len(chunk)
+        if on_progress is not None:
+            on_progress(done, len(corners))
+
     with ThreadPoolExecutor(1, "tiles") if model.pipelined_tiles else nullcontext() as runner:
-        for k, first in enumerate(range(0, len(corners), plan.batch)):
+        for k, first in enumerate(range(done, len(corners), plan.batch)):
             if should_stop is not None and should_stop():
                 raise Stopped(f"stopped after {first} of {len(corners)} tiles")
             chunk = corners[first : first + plan.batch]
             batch = buffers[k % len(buffers)]
             tick = time.perf_counter()
             for i, (y, x) in enumerate(chunk):
-                normalise(padded[:, y : y + tile_h, x : x + tile_w], spec, out=batch[i])
+                normalise(source.tile(y, x, tile_h, tile_w), spec, out=batch[i])
             batch[len(chunk) :] = batch[0]  # a short last batch keeps the session's input shape
             tock = time.perf_counter()
             if runner is None:
-                stitch(chunk, run(batch))
+                stitched(chunk, run(batch))
             else:
                 if pending is not None:
-                    stitch(pending[0], pending[1].result())
+                    stitched(pending[0], pending[1].result())
                 pending = chunk, runner.submit(run, batch)
             preparing += tock - tick
             inferring += time.perf_counter() - tock
         if pending is not None:
             tock = time.perf_counter()
-            stitch(pending[0], pending[1].result())
+            stitched(pending[0], pending[1].result())
             inferring += time.perf_counter() - tock
     setup = (time.perf_counter() - started) - preparing - inferring
     return Segmentation(

@@ -10,11 +10,12 @@ from PIL import Image
 
 from app.config import Device, Settings
 from app.errors import InvalidParameter
-from app.inference.pipeline import mirror_pad, segment
+from app.inference.pipeline import mirror_pad, padded_channels, segment
 from app.inference.registry import ModelRegistry
 from app.inference.tiling import (
     Stopped,
     TilePlan,
+    TileSource,
     choose_plan,
     segment_tiled,
     tile_shape,
@@ -196,3 +197,40 @@ def test_thin_images_get_long_tiles_of_the_same_area() -> None:
     assert tile_shape(512, 100, 100, 4) == (100, 100)
     assert tile_shape(512, 2048, 4096, 16) == (512, 512)
     assert tile_shape(512, 24, 20_000, 8) == (24, 10920)  # a multiple of 8 within the area
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize(("height", "width"), [(37, 53), (64, 41), (8, 100), (3, 3), (129, 7)])
+@pytest.mark.parametrize("size", [16, 24, 64])
+def test_tile_source_equals_slices_of_the_whole_padded_image(
+    channels: int, height: int, width: int, size: int
+) -> None:
+    spec = spec_for("threshold", "t", size_multiple=8)
+    pixels = noise(height, width, channels=channels, seed=height * width)
+    whole = padded_channels(pixels, spec)
+    padded_h, padded_w = whole.shape[1:]
+    tile_h, tile_w = tile_shape(size, padded_h, padded_w, 8)
+    source = TileSource(pixels, spec, tile_h, tile_w)
+    for y in tile_starts(padded_h, tile_h, 4):
+        for x in tile_starts(padded_w, tile_w, 4):
+            expected = whole[:, y : y + tile_h, x : x + tile_w]
+            assert np.array_equal(source.tile(y, x, tile_h, tile_w), expected), (y, x)
+
+
+def test_tiles_before_first_tile_are_skipped_and_progress_is_reported(
+    registry: ModelRegistry,
+) -> None:
+    model = entry(registry, "tiny-rgb")
+    pixels = noise(90, 100, channels=3, seed=3)
+    full = segment_tiled(model, pixels, TilePlan(32, 8))
+    out = np.full((90, 100), 255, np.uint8)
+    seen: list[tuple[int, int]] = []
+    resumed = segment_tiled(model, pixels, TilePlan(32, 8), labels_out=out, first_tile=5,
+                            on_progress=lambda done, total: seen.append((done, total)))  # fmt: skip
+    assert resumed.labels is out
+    assert seen[0] == (6, full.tiles) and seen[-1] == (full.tiles, full.tiles)
+    assert len(seen) == full.tiles - 5
+    # Tiles 0-4 were not run again: their centres keep the marker, the rest is the map.
+    assert (out == 255).any()
+    done_again = segment_tiled(model, pixels, TilePlan(32, 8), labels_out=out)
+    assert np.array_equal(done_again.labels, full.labels)
