@@ -27,6 +27,7 @@ import ast
 import datetime as dt
 import fnmatch
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -48,12 +49,45 @@ MODULES = [
     "app/spec.py",
     "app/service/*.py",
 ]
-# Test files that start servers, browsers or schemathesis, or read ../shared, are too slow
-# to run per mutant (and a subprocess server would not see mutmut's active mutant).
-SLOW_MARKERS = ("running_server", "playwright", "schemathesis", "datasets", "SHIPPED_MODEL_DIR")
+# Tests that start a server process, a browser or schemathesis are too slow to run per
+# mutant, and mutmut, which picks the tests per function from in-process coverage, would
+# never pick them: the plugin below deselects them by what their code and fixtures call.
+SLOW_FILES = ("test_web_page.py", "test_schemathesis.py")
+SLOW_CALLS = ("running_server", "slow_server", "subprocess", "playwright", "schemathesis")
+PLUGIN = """
+import inspect
+
+SLOW_CALLS = __SLOW_CALLS__
+
+
+def _source(function):
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return ""
+
+
+def pytest_collection_modifyitems(config, items):
+    keep, drop = [], []
+    for item in items:
+        sources = [_source(getattr(item, "function", None))]
+        info = getattr(item, "_fixtureinfo", None)
+        for name in getattr(item, "fixturenames", []):
+            for definition in (info.name2fixturedefs.get(name, ()) if info else ()):
+                sources.append(_source(definition.func))
+        slow = any(call in text for text in sources for call in SLOW_CALLS)
+        (drop if slow else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+""".replace("__SLOW_CALLS__", repr(SLOW_CALLS))
 STATUS = {1: "killed", 3: "killed", 0: "survived", 36: "timeout", -24: "timeout", 24: "timeout",
           152: "timeout", 255: "timeout", 5: "no tests", 33: "no tests", 34: "skipped",
           37: "killed"}  # fmt: skip
+
+
+def status_of(code: int | None) -> str:
+    return "not checked" if code is None else STATUS.get(code, "suspicious")
 
 
 def git(*args: str) -> str:
@@ -80,12 +114,8 @@ def copy_tree(target: Path, worktree: bool) -> None:
 
 
 def fast_tests(tree: Path) -> list[str]:
-    chosen = []
-    for path in sorted((tree / "tests" / "app").glob("test_*.py")):
-        text = path.read_text()
-        if not any(marker in text for marker in SLOW_MARKERS):
-            chosen.append(str(path.relative_to(tree)))
-    return chosen
+    tests = sorted((tree / "tests" / "app").glob("test_*.py"))
+    return [str(p.relative_to(tree)) for p in tests if p.name not in SLOW_FILES]
 
 
 def mutated_files(tree: Path) -> list[str]:
@@ -98,6 +128,8 @@ def write_config(tree: Path, tests: list[str], files: list[str]) -> None:
     lines += [f"    {f}" for f in files]
     lines += ["pytest_add_cli_args_test_selection="] + [f"    {t}" for t in tests]
     lines += ["pytest_add_cli_args=", "    -p", "    no:cacheprovider", "    -q"]
+    lines += ["    -p", "    tests.mutation_plugin"]
+    (tree / "tests" / "mutation_plugin.py").write_text(PLUGIN)
     (tree / "setup.cfg").write_text("\n".join(lines) + "\n")
     # The repository's own pytest options (a global timeout, -ra) stay in force; a
     # [tool.mutmut] table in pyproject.toml would win over setup.cfg, so none may exist.
@@ -118,22 +150,43 @@ def function_lines(path: Path) -> dict[str, int]:
     return lines
 
 
-def describe(tree: Path, name: str, file: str, defs: dict[str, int]) -> dict[str, object]:
-    """file:line and the changed line of one mutant, from `mutmut show`."""
-    diff = subprocess.run(
-        [sys.executable, "-m", "mutmut", "show", name], cwd=tree, capture_output=True, text=True
-    ).stdout
+DIFFS = """
+import json, sys
+from pathlib import Path
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+pairs = json.load(sys.stdin)
+json.dump({name: get_diff_for_mutant(name, path=Path(file)) for name, file in pairs}, sys.stdout)
+"""
+
+
+def diffs(tree: Path, pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """mutmut's diff of each (mutant, file), in one process (`mutmut show` takes a second)."""
+    done = subprocess.run(
+        [sys.executable, "-c", DIFFS],
+        cwd=tree,
+        input=json.dumps(pairs),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, str] = json.loads(done.stdout)
+    return result
+
+
+def describe(name: str, file: str, diff: str, defs: dict[str, int]) -> dict[str, object]:
+    """file:line and the changed line of one mutant, from its diff."""
     key = name.rsplit(".", 1)[-1].split("__mutmut_")[0]
     start = defs.get(key, 0)
-    old, new, line, relative = [], [], start, 0
+    old: list[str] = []
+    new: list[str] = []
+    line, relative = start, 0
     for text in diff.splitlines():
         hunk = re.match(r"@@ -(\d+)", text)
         if hunk:
             relative = int(hunk.group(1)) - 1
+        elif text.startswith(("---", "+++")):
             continue
-        if text.startswith(("---", "+++")):
-            continue
-        if text.startswith("-"):
+        elif text.startswith("-"):
             if not old:
                 line = start + relative
             old.append(text[1:].strip())
@@ -149,18 +202,21 @@ def collect(
     tree: Path, files: list[str]
 ) -> tuple[dict[str, Counter[str]], list[dict[str, object]]]:
     counts: dict[str, Counter[str]] = {}
-    survivors: list[dict[str, object]] = []
+    pending: list[tuple[str, str, str]] = []
     for file in files:
         meta = tree / "mutants" / f"{file}.meta"
-        if not meta.exists():
-            counts[file] = Counter()
-            continue
-        exit_codes = json.loads(meta.read_text())["exit_code_by_key"]
-        counts[file] = Counter(STATUS.get(code, "suspicious") for code in exit_codes.values())
-        defs = function_lines(tree / file)
+        exit_codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+        counts[file] = Counter(status_of(code) for code in exit_codes.values())
         for name, code in sorted(exit_codes.items(), key=lambda item: mutant_order(item[0])):
-            if STATUS.get(code, "suspicious") in ("survived", "no tests", "suspicious"):
-                survivors.append({**describe(tree, name, file, defs), "status": STATUS.get(code)})
+            status = status_of(code)
+            if status in ("survived", "no tests", "suspicious"):
+                pending.append((name, file, status))
+    texts = diffs(tree, [(name, file) for name, file, _ in pending])
+    defs = {file: function_lines(tree / file) for file in files}
+    survivors = [
+        {**describe(name, file, texts[name], defs[file]), "status": status}
+        for name, file, status in pending
+    ]
     return counts, survivors
 
 
@@ -182,7 +238,8 @@ def classify(survivors: list[dict[str, object]]) -> None:
 
 
 def score(counts: Counter[str], equivalent: int = 0) -> float | None:
-    checked = sum(counts.values()) - counts["skipped"] - equivalent
+    """(killed + timed out) / every mutant a test ran against or that no test reaches."""
+    checked = sum(counts.values()) - counts["skipped"] - counts["not checked"] - equivalent
     return round((counts["killed"] + counts["timeout"]) / checked, 4) if checked > 0 else None
 
 
@@ -263,26 +320,32 @@ def main() -> int:
         tree.mkdir(parents=True)
         copy_tree(tree, args.worktree)
     tests, files = fast_tests(tree), mutated_files(tree)
+    run_file = tree / "mutation-run.json"
     if not args.report_only:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = bool(args.worktree and git("status", "--porcelain", "--untracked-files=no"))
+        run = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "commit": commit, "dirty": dirty}
+        run_file.write_text(json.dumps(run))
         write_config(tree, tests, files)
         print(f"mutating {len(files)} files, {len(tests)} test files, in {tree}", flush=True)
         subprocess.run(
             [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
             cwd=tree,
             check=False,
+            env={**os.environ, "CI": ""},  # the ../shared tests skip in the scratch copy
         )
     counts, survivors = collect(tree, files)
     classify(survivors)
     import mutmut
 
-    previous = REPORT_DIR / "report.json"
+    run = json.loads(run_file.read_text())
     minutes = (dt.datetime.now(dt.UTC) - started).total_seconds() / 60
-    if args.report_only and previous.exists():
-        minutes = json.loads(previous.read_text()).get("minutes", 0)
+    if args.report_only:
+        minutes = json.loads(run_file.read_text()).get("minutes", 0)
+    else:
+        run_file.write_text(json.dumps({**run, "minutes": round(minutes, 1)}))
     meta = {
-        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": git("rev-parse", "--short=12", "HEAD"),
-        "dirty": bool(args.worktree and git("status", "--porcelain", "--untracked-files=no")),
+        **run,
         "mutmut": getattr(mutmut, "__version__", "3"),
         "children": args.max_children,
         "minutes": round(minutes, 1),

@@ -110,7 +110,7 @@ def chunks(total: int, size: int = 16_384) -> Iterator[bytes]:
         yield b"\0" * min(size, total - start)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, method="signal")  # a streamed body that never ends must not hang
 @pytest.mark.parametrize(
     ("path", "content_type"),
     [
