@@ -19,9 +19,11 @@ RUN python -m venv /opt/segserve \
         -r "requirements/runtime-${RUNTIME}.txt" \
  && python -m venv /opt/build \
  && /opt/build/bin/pip install --require-hashes --no-deps -r requirements/build.txt
-# Only app/ is copied, so the wheel holds the service and its models, not the torch code.
+# Only app/ and segserve/ (the client) are copied: the wheel holds the service, its models
+# and the client, not the torch code.
 COPY pyproject.toml README.md ./
 COPY app/ app/
+COPY segserve/ segserve/
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
  && /opt/segserve/bin/pip install --no-deps /wheels/segserve-*.whl \
  && /opt/segserve/bin/pip uninstall --yes pip setuptools \
