@@ -161,19 +161,17 @@ class GuardedMixin:
 
     def _make_room(self) -> bool:
         """Close the connection that has waited longest for a request; False if none waits."""
-        while self.guard.waiting:
-            oldest, _ = self.guard.waiting.popitem(last=False)
-            if oldest is self:
-                continue
-            oldest._stop_waiting()
-            oldest.transport.close()
-            self.guard.evicted += 1
-            self.guard.warn(
-                "evict", "SEG_MAX_CONNECTIONS=%d reached: closing the connections that waited "
-                "longest without a request", self.guard.max_connections,
-            )  # fmt: skip
-            return True
-        return False
+        if not self.guard.waiting:
+            return False
+        oldest = next(iter(self.guard.waiting))
+        oldest._stop_waiting()
+        oldest.transport.close()
+        self.guard.evicted += 1
+        self.guard.warn(
+            "evict", "SEG_MAX_CONNECTIONS=%d reached: closing the connections that waited "
+            "longest without a request", self.guard.max_connections,
+        )  # fmt: skip
+        return True
 
 
 class GuardedH11Protocol(GuardedMixin, H11Protocol):
