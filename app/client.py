@@ -1,31 +1,32 @@
-"""The client side of the `segserve` command: `segment`, `models` and `health` over HTTP.
+"""The client side of the `segserve` command: `segment`, `models` and `health`, on the
+`segserve` package's Client (one keep-alive connection pool, retries on 503).
 
-Standard library only (urllib), so the command works wherever the service is installed.
+`request` is the standard-library call behind `segserve healthcheck` (the container's
+HEALTHCHECK), which must not pay for importing httpx every few seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.imaging.media_types import IMAGE_MEDIA_TYPES
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-SUFFIX = {"png": ".png", "overlay": ".overlay.png", "json": ".json"}
+SUFFIX = {"png": ".png", "overlay": ".overlay.png", "confidence": ".confidence.png",
+          "json": ".json", "coco": ".coco.json", "geojson": ".geojson"}  # fmt: skip
+API_KEY_ENV = "SEGSERVE_API_KEY"
 
-
-class ServiceError(Exception):
-    """A non-2xx answer, with the problem+json detail when there is one."""
+if TYPE_CHECKING:
+    from segserve import Client
 
 
 def request(method: str, url: str, body: bytes | None = None, content_type: str = "",
@@ -39,21 +40,6 @@ def request(method: str, url: str, body: bytes | None = None, content_type: str 
         return exc.code, exc.read()
 
 
-def problem_text(status: int, body: bytes) -> str:
-    try:
-        problem = json.loads(body)
-        return f"{status} {problem.get('title', '')}: {problem.get('detail', '')}".strip()
-    except ValueError:
-        return f"{status} {body[:200].decode(errors='replace')}"
-
-
-def get_json(url: str) -> Any:
-    status, body = request("GET", url, timeout=10)
-    if status != 200:
-        raise ServiceError(problem_text(status, body))
-    return json.loads(body)
-
-
 def image_files(paths: list[Path]) -> Iterator[Path]:
     """The given files, and the image files (by suffix) directly inside given folders."""
     for path in paths:
@@ -63,80 +49,85 @@ def image_files(paths: list[Path]) -> Iterator[Path]:
             yield path
 
 
-@dataclass
-class Outcome:
-    source: Path
-    output: Path | None = None
-    error: str | None = None
-    seconds: float = 0.0
+def output_paths(files: list[Path], out_dir: Path, fmt: str) -> dict[Path, Path] | str:
+    """Each input's output file, or why they cannot all be written (two with one name)."""
+    outputs: dict[Path, Path] = {}
+    taken: dict[Path, Path] = {}
+    for source in files:
+        output = out_dir / f"{source.stem}{SUFFIX[fmt]}"
+        if output in taken and taken[output] != source:
+            return f"{taken[output]} and {source} would both be written to {output}"
+        taken[output] = outputs[source] = output
+    return outputs
 
 
-def segment_one(source: Path, url: str, model: str, fmt: str, out_dir: Path) -> Outcome:
-    started = time.perf_counter()
-    try:
-        data = source.read_bytes()
-    except OSError as exc:
-        return Outcome(source, error=f"cannot read: {exc.strerror}")
-    content_type = IMAGE_MEDIA_TYPES.get(source.suffix.lower(), "application/octet-stream")
-    endpoint = f"{url}/v1/models/{urllib.parse.quote(model, safe='')}/segment?format={fmt}"
-    try:
-        status, body = request("POST", endpoint, data, content_type)
-    except (urllib.error.URLError, OSError) as exc:
-        return Outcome(source, error=f"no answer from {url}: {exc}")
-    if status != 200:
-        return Outcome(source, error=problem_text(status, body))
-    output = out_dir / f"{source.stem}{SUFFIX[fmt]}"
-    output.write_bytes(body)
-    return Outcome(source, output, seconds=time.perf_counter() - started)
+def make_client(args: argparse.Namespace) -> Client:
+    from segserve import Client  # httpx is imported by the client commands only
+
+    return Client(args.url, args.api_key, timeout=args.timeout, retries=args.retries,
+                  max_connections=max(getattr(args, "concurrency", 1), 1))  # fmt: skip
 
 
-def progress(done: int, total: int, failed: int) -> None:
-    width = 30
-    filled = width * done // max(total, 1)
-    bar = "#" * filled + "." * (width - filled)
-    sys.stderr.write(f"\r[{bar}] {done}/{total} done, {failed} failed")
-    sys.stderr.flush()
+def segment_params(args: argparse.Namespace) -> dict[str, Any]:
+    params = {"tiling": args.tiling, "tile_size": args.tile_size, "tta": args.tta or None,
+              "alpha": args.alpha}  # fmt: skip
+    return {key: value for key, value in params.items() if value is not None}
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from segserve import SegserveError
+    from segserve.batch import run_batch
+
     if args.concurrency < 1:
         print("segserve segment: --concurrency must be at least 1", file=sys.stderr)
         return 2
-    files = list(image_files(args.inputs))
+    files = list(dict.fromkeys(image_files(args.inputs)))
     if not files:
         print("segserve segment: no image files given", file=sys.stderr)
         return 2
+    outputs = output_paths(files, args.out_dir, args.format)
+    if isinstance(outputs, str):
+        print(f"segserve segment: {outputs}", file=sys.stderr)
+        return 2
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    url = args.url.rstrip("/")
-    outcomes: list[Outcome] = []
+    params = segment_params(args)
+    failures: list[tuple[Path, str]] = []
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-        futures = [
-            pool.submit(segment_one, f, url, args.model, args.format, args.out_dir) for f in files
-        ]
-        for future in as_completed(futures):
-            outcomes.append(future.result())
-            progress(len(outcomes), len(files), sum(o.error is not None for o in outcomes))
-    sys.stderr.write("\n")
-    failed = [o for o in outcomes if o.error is not None]
+    with make_client(args) as client:
+
+        def work(source: Any) -> Path:
+            answer = client.segment_raw(source, args.model, args.format, **params)
+            output = outputs[source]
+            try:
+                output.write_bytes(answer.body)
+            except OSError as exc:
+                raise SegserveError(f"cannot write {output}: {exc.strerror or exc}") from exc
+            return output
+
+        for item in run_batch(work, files, args.concurrency, progress=not args.quiet):
+            if item.error is not None:
+                failures.append((files[item.index], str(item.error)))
     elapsed = time.perf_counter() - started
-    print(f"{len(outcomes) - len(failed)} of {len(files)} images segmented with {args.model} "
+    print(f"{len(files) - len(failures)} of {len(files)} images segmented with {args.model} "
           f"in {elapsed:.1f} s, results in {args.out_dir}")  # fmt: skip
-    for outcome in sorted(failed, key=lambda o: str(o.source)):
-        print(f"FAILED {outcome.source}: {outcome.error}", file=sys.stderr)
-    return 1 if failed else 0
+    for source, error in sorted(failures):
+        print(f"FAILED {source}: {error}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from segserve import SegserveError
+
     try:
-        listing = get_json(f"{args.url.rstrip('/')}/v1/models")
-    except (ServiceError, urllib.error.URLError, OSError) as exc:
+        with make_client(args) as client:
+            models = client.models()
+    except SegserveError as exc:
         print(f"segserve models: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(listing, indent=2))
+        print(json.dumps({"models": models}, indent=2))
         return 0
-    for model in listing["models"]:
+    for model in models:
         spec = model["spec"]
         providers = ",".join(model["providers"]) or "-"
         print(f"{spec['name']:<20} {spec['version']:<8} {model['state']:<8} {providers:<24} "
@@ -146,41 +137,51 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 when ready, 1 when not ready (503) or unreachable: usable in scripts."""
-    url = f"{args.url.rstrip('/')}/health/ready"
+    from segserve import SegserveError, TransportError
+
     try:
-        status, body = request("GET", url, timeout=args.timeout)
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"unreachable: {url}: {exc}", file=sys.stderr)
+        with make_client(args) as client:
+            report = client.health()
+    except TransportError as exc:
+        print(f"unreachable: {exc}", file=sys.stderr)
         return 1
-    try:
-        report = json.loads(body)
-    except ValueError:
-        print(f"{status}: not a segserve readiness answer", file=sys.stderr)
+    except SegserveError as exc:
+        print(f"not a segserve readiness answer: {exc}", file=sys.stderr)
         return 1
-    print("ready" if status == 200 else f"not ready ({status})")
+    print("ready" if report["ready"] else "not ready (503)")
     for model in report.get("models", []):
         reason = f" ({model['reason']})" if model.get("reason") else ""
         print(
             f"  {model['name']}: {model['state']} on {','.join(model['providers']) or '-'}{reason}"
         )
-    return 0 if status == 200 else 1
+    return 0 if report["ready"] else 1
 
 
 def add_client_commands(commands: Any) -> None:
-    def with_url(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    def with_url(parser: argparse.ArgumentParser, timeout: float) -> argparse.ArgumentParser:
         parser.add_argument("--url", default=DEFAULT_URL, help=f"service URL ({DEFAULT_URL})")
+        key_help = f"sent as Authorization: Bearer (default: ${API_KEY_ENV})"
+        parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=key_help)
+        parser.add_argument("--timeout", type=float, default=timeout,
+                            help=f"seconds to wait for each answer ({timeout:g})")  # fmt: skip
+        retry_help = "retries after 503 (Retry-After), 502, 504 and broken connections (3)"
+        parser.add_argument("--retries", type=int, default=3, help=retry_help)
         return parser
 
-    segment = with_url(commands.add_parser("segment", help="segment image files or folders"))
+    segment = with_url(commands.add_parser("segment", help="segment image files or folders"), 300)
     segment.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
     segment.add_argument("--model", required=True, help="model name (see `segserve models`)")
     segment.add_argument("--format", choices=sorted(SUFFIX), default="png")
     segment.add_argument("-o", "--out-dir", type=Path, default=Path("segmented"))
-    segment.add_argument("--concurrency", type=int, default=2, help="requests at once")
+    segment.add_argument("--concurrency", type=int, default=4, help="requests at once (4)")
+    segment.add_argument("--tiling", choices=["auto", "on", "off"], help="(server default: auto)")
+    segment.add_argument("--tile-size", type=int, help="tile side (default: the model's)")
+    segment.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
+    segment.add_argument("--alpha", type=float, help="overlay opacity (0.5)")
+    segment.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     segment.set_defaults(handler=cmd_segment)
-    models = with_url(commands.add_parser("models", help="list the served models"))
+    models = with_url(commands.add_parser("models", help="list the served models"), 10)
     models.add_argument("--json", action="store_true", help="the raw /v1/models answer")
     models.set_defaults(handler=cmd_models)
-    health = with_url(commands.add_parser("health", help="exit 0 if the service is ready"))
-    health.add_argument("--timeout", type=float, default=5.0)
+    health = with_url(commands.add_parser("health", help="exit 0 if the service is ready"), 5)
     health.set_defaults(handler=cmd_health)
