@@ -52,7 +52,8 @@ MODULES = [
 # Tests that start a server process, a browser or schemathesis are too slow to run per
 # mutant, and mutmut, which picks the tests per function from in-process coverage, would
 # never pick them: the plugin below deselects them by what their code and fixtures call.
-SLOW_FILES = ("test_web_page.py", "test_schemathesis.py")
+# test_config.py checks README.md against the settings: no request path.
+SLOW_FILES = ("test_web_page.py", "test_schemathesis.py", "test_config.py")
 SLOW_CALLS = ("running_server", "slow_server", "subprocess", "playwright", "schemathesis")
 PLUGIN = """
 import inspect
@@ -124,7 +125,8 @@ def mutated_files(tree: Path) -> list[str]:
 
 
 def write_config(tree: Path, tests: list[str], files: list[str]) -> None:
-    lines = ["[mutmut]", "source_paths=app/", "only_mutate="]
+    lines = ["[mutmut]", "source_paths=app/", "also_copy=", "    README.md", "    docs/"]
+    lines += ["only_mutate="]
     lines += [f"    {f}" for f in files]
     lines += ["pytest_add_cli_args_test_selection="] + [f"    {t}" for t in tests]
     lines += ["pytest_add_cli_args=", "    -p", "    no:cacheprovider", "    -q"]
