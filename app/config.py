@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -150,6 +151,27 @@ class Settings(BaseSettings):
         gt=0,
         description="Time for a request's line and headers to arrive once a connection is "
         "open or its previous answer sent; then the connection is closed (408).",
+    )
+
+    job_dir: Path = Field(
+        Path(tempfile.gettempdir()) / "segserve-jobs",
+        description="Folder of the job database (SQLite) and the jobs' inputs and results; "
+        "keep it on a volume for jobs to survive a restart.",
+    )
+    job_ttl_s: float = Field(
+        24 * 3600.0, gt=0, description="Seconds a finished job and its result are kept."
+    )
+    job_disk_bytes: int = Field(
+        20 * 1024**3, ge=1, description="Disk used by jobs' inputs and results at most (507)."
+    )
+    job_max_queued: int = Field(
+        16, ge=1, description="Jobs queued or running at once; 503 with Retry-After above."
+    )
+    job_max_upload_bytes: int = Field(
+        2 * 1024**3, ge=1024, description="Largest job upload, streamed to disk (413 above)."
+    )
+    job_max_pixels: int = Field(
+        16384 * 16384, ge=1, description="Largest job image, width x height (413 above)."
     )
 
     @field_validator("api_keys")

@@ -59,6 +59,18 @@ class AnswerTooLarge(ProblemError):
     status, slug, title = 413, "answer-too-large", "Answer Too Large"
 
 
+class InsufficientStorage(ProblemError):
+    """The job disk quota (SEG_JOB_DISK_BYTES) cannot hold another job now."""
+
+    status, slug = 507, "insufficient-storage"
+
+
+class JobNotReady(ProblemError):
+    """The job has no result (yet): it is queued, running, failed or cancelled."""
+
+    status, slug = 409, "job-not-finished"
+
+
 class UnsupportedMediaType(ProblemError):
     status, slug = 415, "unsupported-media-type"
 

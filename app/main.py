@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app.api.routes import health, metrics, models, segment, v2, web
+from app.api.routes import jobs as jobs_routes
 from app.api.security import install_security
 from app.config import Settings
 from app.errors import install_error_handlers
@@ -21,6 +22,7 @@ from app.inference.admission import Admission
 from app.inference.registry import ModelRegistry
 from app.inference.session import SessionFactory, _ort_session, default_workers
 from app.inference.workers import InferencePool
+from app.jobs.manager import JobManager
 from app.main_info import SERVER_NAME, VERSION
 from app.observability import (
     BatchCollector,
@@ -66,6 +68,9 @@ def create_app(
         # /health/ready says 503 until every model is warm. A daemon thread, not asyncio's
         # default executor, whose threads the interpreter would wait for on exit.
         threading.Thread(target=registry.load_all, name="load-models", daemon=True).start()
+        jobs = JobManager(settings, registry)  # resumes jobs a stop or a crash interrupted
+        app.state.jobs = jobs
+        jobs.start()
         log.info(
             "models from %s, device=%s, %s worker(s) x %d onnxruntime thread(s), %d cores",
             settings.resolved_model_dir,
@@ -81,6 +86,7 @@ def create_app(
             # is queued, give the rest a moment, and never wait on a session run unboundedly.
             admission: Admission = app.state.admission
             executor.shutdown(wait=False, cancel_futures=True)
+            await asyncio.to_thread(jobs.stop, STOP_GRACE_S)  # a running job pauses to resume
             await _wait_until(lambda: admission.pending == 0, STOP_GRACE_S)
             closing = threading.Thread(target=registry.close, name="close-models", daemon=True)
             closing.start()
@@ -103,7 +109,7 @@ def create_app(
         metrics=app_metrics,
         known_models=lambda: {e.name for e in registry.served()},
     )
-    for module in (health, models, segment, metrics, v2, web):
+    for module in (health, models, segment, jobs_routes, metrics, v2, web):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     return app

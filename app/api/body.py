@@ -5,7 +5,9 @@ anything past a small threshold spooled to disk, so a slow or large upload holds
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
 from tempfile import SpooledTemporaryFile
 from typing import IO
 
@@ -119,3 +121,35 @@ async def _multipart_image(request: Request, stream: AsyncGenerator[bytes, None]
         for _, value in form.multi_items():  # close every other part's file
             if isinstance(value, UploadFile) and value.file is not keep:
                 await value.close()
+
+
+async def save_image_upload(
+    request: Request, destination: Path, limit: int, timeout_s: float
+) -> int:
+    """Stream the image (raw body or multipart field `image`) into `destination` on disk,
+    never into memory; its size in bytes."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    stream = limited_stream(request, limit, timeout_s)
+    if media_type == "multipart/form-data":
+        upload = await _multipart_image(request, stream)  # spooled to disk past 1 MiB
+        try:
+            return await asyncio.to_thread(_copy_to, upload, destination)
+        finally:
+            upload.close()
+    if media_type not in RAW_IMAGE_TYPES and media_type != "":
+        raise UnsupportedMediaType(
+            f"content type {media_type!r} is not accepted; send an image/* body "
+            "or multipart/form-data with an 'image' field"
+        )
+    size = 0
+    with open(destination, "wb") as out:
+        async for chunk in stream:
+            await asyncio.to_thread(out.write, chunk)
+            size += len(chunk)
+    return size
+
+
+def _copy_to(upload: IO[bytes], destination: Path) -> int:
+    with open(destination, "wb") as out:
+        shutil.copyfileobj(upload, out, 1024 * 1024)
+        return out.tell()

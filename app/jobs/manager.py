@@ -1,0 +1,268 @@
+"""The job worker: runs queued jobs one at a time through the service's tiled path,
+writing the class map into a file-backed array and recording finished tiles, so a job
+interrupted by a restart or a crash resumes from its last finished tile batch."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from app.config import Settings
+from app.errors import (
+    InsufficientStorage,
+    InvalidImage,
+    ModelNotFound,
+    Overloaded,
+    PayloadTooLarge,
+    ProblemError,
+)
+from app.imaging.decode import OPEN_FORMATS, decode_image
+from app.imaging.encode import palette_png
+from app.inference.pipeline import Stopped, segment
+from app.inference.registry import ModelEntry, ModelRegistry
+from app.inference.tiling import choose_plan, segment_tiled
+from app.jobs.store import Job, JobState, JobStore
+from app.service.budget import Limits, check_image
+
+log = logging.getLogger("segserve.jobs")
+
+INPUT, LABELS, RESULT_PNG = "input", "labels.u8", "result.png"
+SWEEP_EVERY_S = 60.0
+
+
+def probe_image(path: Path) -> tuple[int, int]:
+    """Width and height from the file's header, without decoding a pixel."""
+    try:
+        with Image.open(path, formats=OPEN_FORMATS) as opened:
+            width, height = opened.size
+    except Exception as exc:  # an untrusted file: any failure is a bad image
+        raise InvalidImage(f"the upload is not an image in a supported format ({exc})") from None
+    if width <= 0 or height <= 0:
+        raise InvalidImage(f"the image declares an empty size {width}x{height}")
+    return int(width), int(height)
+
+
+class JobManager:
+    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.root = settings.job_dir.expanduser().resolve()
+        self.store = JobStore(self.root / "jobs.sqlite3")
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.cancels: dict[str, threading.Event] = {}
+        self.thread: threading.Thread | None = None
+        self.last_sweep = 0.0
+
+    # -- API side -------------------------------------------------------------------------
+
+    def folder(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def check_capacity(self) -> None:
+        """503 when SEG_JOB_MAX_QUEUED jobs are already queued or running."""
+        active = self.store.count((JobState.queued, JobState.running))
+        if active >= self.settings.job_max_queued:
+            raise Overloaded(
+                f"{active} jobs are queued or running (SEG_JOB_MAX_QUEUED="
+                f"{self.settings.job_max_queued}); retry later",
+                headers={"Retry-After": "10"},
+            )
+
+    def new_folder(self) -> tuple[str, Path]:
+        job_id = secrets.token_hex(12)
+        folder = self.folder(job_id)
+        folder.mkdir(parents=True)
+        return job_id, folder
+
+    def discard_folder(self, job_id: str) -> None:
+        shutil.rmtree(self.folder(job_id), ignore_errors=True)
+
+    def submit(self, job_id: str, owner: str, model: ModelEntry, options: dict[str, Any]) -> Job:
+        """Queue the job whose upload is in its folder; 4xx (and the folder removed) when the
+        image is unusable, too large or over the disk quota."""
+        assert model.spec is not None
+        folder = self.folder(job_id)
+        try:
+            width, height = probe_image(folder / INPUT)
+            if width * height > self.settings.job_max_pixels:
+                raise PayloadTooLarge(
+                    f"the image has {width}x{height} pixels; jobs take at most "
+                    f"{self.settings.job_max_pixels} (SEG_JOB_MAX_PIXELS)"
+                )
+            check_image(model.spec, height, width, self.limits())
+            # The input, the class map and its PNG: the PNG is at most the map's size.
+            disk = (folder / INPUT).stat().st_size + 2 * width * height
+            if self.store.disk_bytes() + disk > self.settings.job_disk_bytes:
+                raise InsufficientStorage(
+                    f"the job needs about {disk} bytes and the job disk quota "
+                    f"(SEG_JOB_DISK_BYTES={self.settings.job_disk_bytes}) would be passed"
+                )
+            self.check_capacity()
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        job = Job(
+            id=job_id, owner=owner, model=model.spec.name, model_version=model.spec.version,
+            state=JobState.queued, options=options, width=width, height=height,
+            created=time.time(), disk_bytes=disk,
+        )  # fmt: skip
+        self.store.add(job)
+        self.wake.set()
+        return job
+
+    def cancel_or_delete(self, job: Job) -> None:
+        """Cancel a queued or running job (a running one stops between tile batches), or
+        delete a finished one with its files."""
+        if job.state.finished:
+            self.store.delete(job.id)
+            shutil.rmtree(self.folder(job.id), ignore_errors=True)
+            return
+        self.store.update(job.id, cancel_requested=True)
+        event = self.cancels.get(job.id)
+        if event is not None:
+            event.set()
+        if job.state is JobState.queued:
+            self._finish(job.id, JobState.cancelled)
+
+    def limits(self) -> Limits:
+        return Limits(
+            self.settings.job_max_pixels,
+            self.settings.whole_image_max_pixels,
+            self.settings.max_answer_bytes,
+        )
+
+    # -- worker side ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        # A job left running by a stop or a crash resumes from its finished tiles.
+        for job in self.store.find(states=(JobState.running,)):
+            log.info("job %s resumes after a restart at tile %d of %d", job.id,
+                     job.tiles_done, job.tiles_total)  # fmt: skip
+            self.store.update(job.id, state=JobState.queued)
+        self.thread = threading.Thread(target=self._loop, name="jobs", daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self.stopping.set()
+        self.wake.set()
+        for event in list(self.cancels.values()):
+            event.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+        self.store.close()
+
+    def _loop(self) -> None:
+        self.registry.loaded.wait()
+        while not self.stopping.is_set():
+            if time.monotonic() - self.last_sweep > SWEEP_EVERY_S:
+                self.sweep()
+            queued = self.store.find(states=(JobState.queued,))
+            if not queued:
+                self.wake.wait(5.0)
+                self.wake.clear()
+                continue
+            self.run(queued[0])
+
+    def sweep(self) -> None:
+        """Delete finished jobs past SEG_JOB_TTL_S, with their files."""
+        self.last_sweep = time.monotonic()
+        for job in self.store.expired(self.settings.job_ttl_s):
+            self.store.delete(job.id)
+            shutil.rmtree(self.folder(job.id), ignore_errors=True)
+
+    def run(self, job: Job, on_batch: Callable[[], None] | None = None) -> None:
+        """Run one job to a finished state; a stop for shutdown leaves it to resume."""
+        cancel = self.cancels.setdefault(job.id, threading.Event())
+        if job.cancel_requested:
+            cancel.set()
+        self.store.update(job.id, state=JobState.running, started=job.started or time.time())
+        try:
+            self._run(job, cancel, on_batch)
+        except Stopped:
+            if self.stopping.is_set() and not self.store_job(job.id).cancel_requested:
+                log.info("job %s paused for shutdown; it resumes on the next start", job.id)
+                return
+            self._finish(job.id, JobState.cancelled)
+        except ProblemError as exc:
+            self._finish(job.id, JobState.failed, _problem(exc.status, exc.slug, exc.detail))
+        except Exception as exc:  # the job fails; the worker goes on with the next one
+            log.exception("job %s failed", job.id)
+            detail = f"the job failed: {type(exc).__name__}"
+            self._finish(job.id, JobState.failed, _problem(500, "job-failed", detail))
+        else:
+            self._finish(job.id, JobState.succeeded)
+        finally:
+            self.cancels.pop(job.id, None)
+
+    def store_job(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        assert job is not None
+        return job
+
+    def _run(self, job: Job, cancel: threading.Event, on_batch: Callable[[], None] | None) -> None:
+        model = self.registry.get(job.model)
+        assert model.spec is not None
+        if model.spec.version != job.model_version:
+            raise ModelNotFound(f"model {job.model} {job.model_version} is no longer served")
+        folder = self.folder(job.id)
+        with open(folder / INPUT, "rb") as source:
+            pixels = decode_image(source, self.settings.job_max_pixels).pixels
+        height, width = pixels.shape[:2]
+        if (folder / LABELS).exists():
+            labels = np.memmap(folder / LABELS, np.uint8, "r+", shape=(height, width))
+        else:
+            labels = np.memmap(folder / LABELS, np.uint8, "w+", shape=(height, width))
+        options = job.options
+        plan = choose_plan(model.spec, height, width, self.settings.whole_image_max_pixels,
+                           "auto", options.get("tile_size"), options.get("tile_overlap"),
+                           model.tile_batch)  # fmt: skip
+
+        def stop() -> bool:
+            return cancel.is_set() or self.stopping.is_set()
+
+        if plan is None:
+            self.store.update(job.id, tiles_total=1)
+            labels[:] = segment(model, pixels, tta=bool(options.get("tta")),
+                                should_stop=stop).labels  # fmt: skip
+            labels.flush()
+            self.store.update(job.id, tiles_done=1)
+        else:
+
+            def progress(done: int, total: int) -> None:
+                labels.flush()  # the map on disk first, then the count that vouches for it
+                self.store.update(job.id, tiles_done=done, tiles_total=total)
+                if on_batch is not None:
+                    on_batch()
+
+            segment_tiled(model, pixels, plan, tta=bool(options.get("tta")), should_stop=stop,
+                          labels_out=labels, first_tile=job.tiles_done,
+                          on_progress=progress)  # fmt: skip
+        (folder / RESULT_PNG).write_bytes(palette_png(np.asarray(labels), model.spec.palette))
+
+    def _finish(self, job_id: str, state: JobState, error: dict[str, Any] | None = None) -> None:
+        self.store.update(job_id, state=state, finished=time.time(), error=error)
+        if state is not JobState.succeeded:
+            folder = self.folder(job_id)
+            for name in (INPUT, LABELS, RESULT_PNG):
+                (folder / name).unlink(missing_ok=True)
+
+    def result_path(self, job: Job) -> Path:
+        return self.folder(job.id) / RESULT_PNG
+
+    def labels(self, job: Job) -> np.ndarray:
+        return np.memmap(self.folder(job.id) / LABELS, np.uint8, "r",
+                         shape=(job.height, job.width))  # fmt: skip
+
+
+def _problem(status: int, slug: str, detail: str) -> dict[str, Any]:
+    return {"status": status, "type": slug, "detail": detail}
