@@ -37,21 +37,19 @@ def array_png(pixels: NDArray[Any]) -> bytes:
     """A numpy image as a lossless PNG: (H, W) uint8 or uint16 grey, (H, W, 1|3|4) uint8."""
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
-    if pixels.ndim == 2 and pixels.dtype == np.uint8:
-        mode = "L"
-    elif pixels.ndim == 2 and pixels.dtype == np.uint16:
-        mode = "I;16"
-    elif pixels.ndim == 3 and pixels.shape[2] in (3, 4) and pixels.dtype == np.uint8:
-        mode = "RGB" if pixels.shape[2] == 3 else "RGBA"
-    else:
+    grey = pixels.ndim == 2 and pixels.dtype.kind == "u" and pixels.dtype.itemsize in (1, 2)
+    colour = pixels.ndim == 3 and pixels.shape[2] in (3, 4) and pixels.dtype == np.uint8
+    if not (grey or colour):
         raise InputError(
             f"cannot send an array of shape {pixels.shape} and dtype {pixels.dtype}: use "
             "(H, W) uint8 or uint16, or (H, W, 3|4) uint8"
         )
     if pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise InputError(f"cannot send an empty image of shape {pixels.shape}")
+    # Native byte order and contiguous: Pillow picks L, I;16, RGB or RGBA from the array.
+    native = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("="))
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels), mode).save(buffer, format="PNG", compress_level=1)
+    Image.fromarray(native).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

@@ -1,6 +1,7 @@
 """`segserve segment | models | health` against a live server process."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,9 +14,10 @@ from tests.app.conftest import free_port, png_bytes, running_server
 from tests.app.test_api import expected_grey, grey_pattern, read_png
 
 
-def segserve(*args: str) -> subprocess.CompletedProcess[str]:
+def segserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "app.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
 
 
 def test_segment_folder_writes_maps_and_fails_on_the_bad_file(
@@ -42,7 +44,7 @@ def test_segment_folder_writes_maps_and_fails_on_the_bad_file(
     assert "4 of 5 images segmented" in result.stdout
     assert "FAILED" in result.stderr and "broken.png" in result.stderr
     assert "400" in result.stderr  # the problem+json status and title reach the user
-    assert "5/5 done, 1 failed" in result.stderr  # the progress line
+    assert "5/5" in result.stderr and "1 failed" in result.stderr  # the progress bar
     for stem, pixels in patterns.items():
         assert np.array_equal(read_png((out / f"{stem}.png").read_bytes()), expected_grey(pixels))
     assert as_json.returncode == 0
@@ -57,6 +59,36 @@ def test_segment_unknown_model_and_empty_input_fail(model_dir: Path, tmp_path: P
     assert unknown.returncode == 1 and "404" in unknown.stderr
     empty = segserve("segment", str(tmp_path / "o"), "--model", "tiny-grey")
     assert empty.returncode == 2
+
+
+def test_segment_several_files_with_an_api_key_from_the_environment(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "a.png", tmp_path / "b.tif"
+    first.write_bytes(png_bytes(grey_pattern(16, 24)))
+    second.write_bytes(png_bytes(grey_pattern(24, 16)))  # a PNG named .tif: the server sniffs
+    out = tmp_path / "out"
+    with running_server(model_dir, SEG_API_KEYS="k-one") as (base, _):
+        keyed = segserve("segment", str(first), str(second), "--model", "tiny-grey", "--url", base,
+                         "-o", str(out), "--format", "confidence", "-q",
+                         env={"SEGSERVE_API_KEY": "k-one"})  # fmt: skip
+        unkeyed = segserve("segment", str(first), "--model", "tiny-grey", "--url", base,
+                           "-o", str(out), "-q")  # fmt: skip
+    assert keyed.returncode == 0, keyed.stderr
+    assert keyed.stderr == ""  # -q: no progress bar
+    assert read_png((out / "a.confidence.png").read_bytes()).shape == (16, 24)
+    assert read_png((out / "b.confidence.png").read_bytes()).shape == (24, 16)
+    assert unkeyed.returncode == 1 and "401" in unkeyed.stderr and "API key" in unkeyed.stderr
+
+
+def test_segment_refuses_two_inputs_with_one_output_name(tmp_path: Path) -> None:
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "same.png").write_bytes(png_bytes(grey_pattern(8, 8)))
+    both = segserve("segment", str(tmp_path / "x"), str(tmp_path / "y"), "--model", "m",
+                    "-o", str(tmp_path / "out"))  # fmt: skip
+    assert both.returncode == 2 and "would both be written to" in both.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was sent or written
 
 
 def test_models_and_health_exit_codes(model_dir: Path) -> None:
