@@ -272,8 +272,14 @@ def write_report(
         "# Mutation testing of the request path",
         "",
         f"Run {meta['date']} on commit `{meta['commit']}`{dirty} with mutmut {meta['mutmut']},"
-        f" {meta['minutes']} minutes on {meta['children']} workers; `scripts/mutation.py`"
-        " wrote this file.",
+        f" {meta.get('minutes', '?')} minutes on {meta['children']} workers;"
+        + (
+            f" the survivors rerun against the tests of `{meta['tests_commit']}`"
+            f" ({meta.get('rerun_minutes', '?')} minutes);"
+            if "tests_commit" in meta
+            else ""
+        )
+        + " `scripts/mutation.py` wrote this file.",
         "",
         f"**Score: {pct(score(total))} killed** ({total['killed']} killed,"
         f" {total['timeout']} timed out, {total['survived']} survived,"
@@ -303,6 +309,26 @@ def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f} %"
 
 
+def mutmut_run(tree: Path, children: int, names: list[str]) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names],
+        cwd=tree,
+        check=False,
+        env={**os.environ, "CI": ""},  # the ../shared tests skip in the scratch copy
+    )
+
+
+def refresh_tests(tree: Path, worktree: bool) -> None:
+    """Replace the scratch copy's tests/ by HEAD's (or the working tree's)."""
+    fresh = Path(tempfile.mkdtemp())
+    try:
+        copy_tree(fresh, worktree)
+        shutil.rmtree(tree / "tests")
+        shutil.copytree(fresh / "tests", tree / "tests")
+    finally:
+        shutil.rmtree(fresh)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -312,46 +338,54 @@ def main() -> int:
     )
     parser.add_argument("--worktree", action="store_true", help="include uncommitted changes")
     parser.add_argument("--max-children", type=int, default=2)
-    parser.add_argument("--report-only", action="store_true", help="re-read the last run")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--report-only", action="store_true", help="re-read the last run")
+    mode.add_argument(
+        "--rerun-survivors",
+        action="store_true",
+        help="take the tests from HEAD (or the working tree) again and rerun only the last\n"
+        "run's survivors against them: the loop for killing survivors",
+    )
     args = parser.parse_args()
     tree: Path = args.workdir
+    run_file = tree / "mutation-run.json"
     started = dt.datetime.now(dt.UTC)
-    if not args.report_only:
+    commit = git("rev-parse", "--short=12", "HEAD")
+    dirty = bool(args.worktree and git("status", "--porcelain", "--untracked-files=no"))
+    if args.report_only or args.rerun_survivors:
+        run = json.loads(run_file.read_text())
+    else:
         if tree.exists():
             shutil.rmtree(tree)
         tree.mkdir(parents=True)
         copy_tree(tree, args.worktree)
-    tests, files = fast_tests(tree), mutated_files(tree)
-    run_file = tree / "mutation-run.json"
-    if not args.report_only:
-        commit = git("rev-parse", "--short=12", "HEAD")
-        dirty = bool(args.worktree and git("status", "--porcelain", "--untracked-files=no"))
         run = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "commit": commit, "dirty": dirty}
-        run_file.write_text(json.dumps(run))
+    files = mutated_files(tree)
+    if args.rerun_survivors:
+        refresh_tests(tree, args.worktree)
+    tests = fast_tests(tree)
+    if not args.report_only:
         write_config(tree, tests, files)
-        print(f"mutating {len(files)} files, {len(tests)} test files, in {tree}", flush=True)
-        subprocess.run(
-            [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
-            cwd=tree,
-            check=False,
-            env={**os.environ, "CI": ""},  # the ../shared tests skip in the scratch copy
-        )
+        names = []
+        if args.rerun_survivors:
+            names = [str(s["name"]) for s in collect(tree, files)[1]]
+            print(f"rerunning {len(names)} survivors against the tests of {commit}", flush=True)
+        else:
+            print(f"mutating {len(files)} files, {len(tests)} test files, in {tree}", flush=True)
+        if names or not args.rerun_survivors:
+            mutmut_run(tree, args.max_children, names)
+        minutes = (dt.datetime.now(dt.UTC) - started).total_seconds() / 60
+        if args.rerun_survivors:
+            run["tests_commit"] = commit + (" (with uncommitted changes)" if dirty else "")
+            run["rerun_minutes"] = round(minutes, 1)
+        else:
+            run["minutes"] = round(minutes, 1)
+        run_file.write_text(json.dumps(run))
     counts, survivors = collect(tree, files)
     classify(survivors)
     import mutmut
 
-    run = json.loads(run_file.read_text())
-    minutes = (dt.datetime.now(dt.UTC) - started).total_seconds() / 60
-    if args.report_only:
-        minutes = json.loads(run_file.read_text()).get("minutes", 0)
-    else:
-        run_file.write_text(json.dumps({**run, "minutes": round(minutes, 1)}))
-    meta = {
-        **run,
-        "mutmut": getattr(mutmut, "__version__", "3"),
-        "children": args.max_children,
-        "minutes": round(minutes, 1),
-    }
+    meta = {**run, "mutmut": getattr(mutmut, "__version__", "3"), "children": args.max_children}
     write_report(counts, survivors, tests, meta)
     print((REPORT_DIR / "report.md").read_text().split("\n\n")[2])
     return 0

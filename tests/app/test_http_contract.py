@@ -130,3 +130,14 @@ def test_the_upload_limit_holds_for_a_streamed_body(
     # At the limit the body is read (and then refused as no image, not as too large).
     at = strict.post(path, content=chunks(UPLOAD_LIMIT), headers={"content-type": content_type})
     assert at.status_code == 400, at.text
+
+
+def test_a_truncated_image_is_a_400_carrying_the_decoders_reason(strict: TestClient) -> None:
+    data = png_bytes(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8))
+    response = strict.post(
+        "/v1/models/tiny-grey/segment", content=data[: len(data) // 2], headers=PNG
+    )
+    assert response.status_code == 400
+    assert response.json()["detail"] == (
+        "the image data is truncated or corrupt: image file is truncated"
+    )
