@@ -1,5 +1,6 @@
 // segserve web page: vanilla JS, no dependencies. Talks to the same API as any client:
-// GET /v1/models, GET /v1/samples, POST /v1/models/{name}/segment?format=json|png.
+// GET /v1/models, GET /v1/samples, POST /v1/models/{name}/segment?format=json|png, and for
+// large images POST /v1/models/{name}/jobs with GET /v1/jobs/{id} for its progress.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -87,12 +88,81 @@ function paint(canvas, width, height, draw) {
   draw(canvas.getContext("2d"));
 }
 
+// Above this many pixels an image goes through a job with a progress bar (the service's
+// default one-pass limit, SEG_WHOLE_IMAGE_MAX_PIXELS).
+const JOB_PIXELS = 1024 * 1024;
+
+async function pixelCount(file) {
+  try {
+    const bitmap = await createImageBitmap(file);
+    return bitmap.width * bitmap.height;
+  } catch (_) {
+    return 0;  // a format the browser cannot decode (TIFF): the direct path
+  }
+}
+
+function countClasses(labels, classes) {
+  const counts = new Array(classes.length).fill(0);
+  for (const label of labels) counts[label] += 1;
+  return classes.map((name, index) => ({
+    index, name, pixels: counts[index], fraction: counts[index] / Math.max(labels.length, 1),
+  }));
+}
+
+async function segmentAsJob(file, name) {
+  const started = performance.now();
+  const progress = $("progress");
+  progress.value = 0;
+  progress.hidden = false;
+  try {
+    const submitted = await fetch(`/v1/models/${encodeURIComponent(name)}/jobs`, {
+      method: "POST",
+      headers: withKey({ "content-type": file.type || "application/octet-stream" }),
+      body: file,
+    });
+    if (!submitted.ok) { showError(await problemMessage(submitted)); $("status").textContent = ""; return; }
+    const location = submitted.headers.get("Location");
+    let job = await submitted.json();
+    while (!["succeeded", "failed", "cancelled"].includes(job.state)) {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const polled = await fetch(location, { headers: withKey() });
+      if (!polled.ok) { showError(await problemMessage(polled)); return; }
+      job = await polled.json();
+      if (job.tiles_total) {
+        progress.max = job.tiles_total;
+        progress.value = job.tiles_done;
+      }
+      const eta = job.eta_s == null ? "" : `, about ${Math.ceil(job.eta_s)} s left`;
+      $("status").textContent = `Job ${job.state}: ${job.tiles_done} of ${job.tiles_total || "?"} tiles${eta}`;
+    }
+    if (job.state !== "succeeded") {
+      showError(job.error ? `${job.error.title}: ${job.error.detail}` : `The job was ${job.state}.`);
+      return;
+    }
+    const result = await fetch(`${location}/result?format=json`, { headers: withKey() });
+    if (!result.ok) { showError(await problemMessage(result)); return; }
+    const json = await result.json();
+    const model = state.models.get(name);
+    json.stats = countClasses(decodeRle(json.class_map.counts, json.width, json.height), model.spec.classes);
+    state.json = json;
+    await render(file, json);
+    $("timing").textContent = `job of ${job.tiles_total} tiles: ${job.elapsed_s.toFixed(1)} s, round trip ${((performance.now() - started) / 1000).toFixed(1)} s, on ${model.providers.join(", ")}`;
+    $("status").textContent = `${file.name}: ${json.width} x ${json.height} px`;
+  } finally {
+    progress.hidden = true;
+  }
+}
+
 async function segment(file) {
   showError("");
   const name = $("model").value;
   if (!name) { showError("No model is ready to segment with."); return; }
   state.file = file;
   $("status").textContent = `Segmenting ${file.name} with ${name}...`;
+  if (await pixelCount(file) > JOB_PIXELS) {
+    await segmentAsJob(file, name);
+    return;
+  }
   const started = performance.now();
   let response;
   try {

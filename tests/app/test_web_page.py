@@ -125,3 +125,22 @@ def test_api_key_typed_into_the_page_unlocks_the_service(model_dir: Path, tmp_pa
         tab.set_input_files("#file", str(image))
         tab.wait_for_selector("#result:not([hidden])")
         assert tab.is_hidden("#error")
+
+
+def test_a_large_image_goes_through_a_job_with_a_progress_bar(
+    page: tuple[str, Page], tmp_path: Path
+) -> None:
+    _, tab = page
+    big = tmp_path / "big.png"
+    big.write_bytes(png_bytes(grey_pattern(1100, 1000)))  # above the 1024 x 1024 one pass
+    tab.select_option("#model", "tiny-grey")
+    seen_progress = []
+    tab.on("request", lambda request: seen_progress.append(request.url))
+    tab.set_input_files("#file", str(big))
+    tab.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    assert any(url.endswith("/v1/models/tiny-grey/jobs") for url in seen_progress)
+    assert any("/result?format=json" in url for url in seen_progress)
+    assert class_map_colours(tab) == [[0, 0, 255], [255, 255, 0]]
+    assert "job of" in tab.inner_text("#timing")
+    assert "bright" in tab.inner_text("#legend tbody")
+    assert tab.is_hidden("#progress")
