@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
 from tests.app.conftest import png_bytes, running_server, server_output
 from tests.app.test_api import expected_grey, grey_pattern, read_png
@@ -79,6 +80,7 @@ def test_sigterm_turns_readiness_503_first_and_finishes_accepted_requests(
     assert process.returncode in (0, -signal.SIGTERM), output
 
 
+@pytest.mark.timeout(60, method="signal")  # without the limit it would hang
 def test_body_limit_is_enforced_while_reading_a_chunked_upload(model_dir: Path) -> None:
     """No Content-Length: the server must answer 413 once the limit passes, long before the
     client has sent everything (it never buffers the whole body)."""
