@@ -229,3 +229,19 @@ def test_response_layout_json_and_binary() -> None:
     ]
     assert [o["name"] for o in head["outputs"]] == ["labels", "probabilities"]
     assert body[length:] == labels.tobytes() + probabilities.tobytes()
+
+
+def test_edge_values_and_unprintable_names() -> None:
+    biggest = float(np.finfo(np.float32).max)
+    assert parsed(request(tensor("FP32", [2], [biggest, -biggest]))).tolist() == [
+        biggest,
+        -biggest,
+    ]
+    for datatype in ("FP32", "UINT8", "INT64"):
+        assert parsed(request(tensor(datatype, [0], []))).shape == (0,)
+    ragged = request(tensor("BYTES", [2], [["a"], ["b", "c"]]))
+    assert "BYTES data must be 2 strings" in refused(ragged)
+    lone = b'{"inputs":[{"name":"\\ud800","datatype":"FP16","shape":[1],"data":[1]}]}'
+    message = refused(lone)
+    assert "\\ud800" in message and "is not supported" in message
+    message.encode("utf-8")  # printable in a JSON answer
