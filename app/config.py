@@ -152,6 +152,19 @@ class Settings(BaseSettings):
         description="Time for a request's line and headers to arrive once a connection is "
         "open or its previous answer sent; then the connection is closed (408).",
     )
+    grpc_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="TCP port of the Open Inference Protocol (KServe v2) over gRPC, on SEG_HOST "
+        "beside HTTP; off when unset or empty. Messages up to SEG_MAX_UPLOAD_BYTES are "
+        "received.",
+    )
+
+    @field_validator("grpc_port", mode="before")
+    @classmethod
+    def _empty_port_is_off(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     job_dir: Path = Field(
         Path(tempfile.gettempdir()) / "segserve-jobs",

@@ -18,6 +18,7 @@ from app.api.routes import jobs as jobs_routes
 from app.api.security import install_security
 from app.config import Settings
 from app.errors import install_error_handlers
+from app.grpc_v2 import with_grpc
 from app.inference.admission import Admission
 from app.inference.registry import ModelRegistry
 from app.inference.session import SessionFactory, _ort_session, default_workers
@@ -96,7 +97,7 @@ def create_app(
         title=SERVER_NAME,
         version=VERSION,
         summary="Semantic segmentation over HTTP: U-Net and dilated networks on onnxruntime.",
-        lifespan=lifespan,
+        lifespan=with_grpc(lifespan),  # plus gRPC (KServe v2) when SEG_GRPC_PORT is set
     )
     app.state.settings = settings
     app.state.registry = registry

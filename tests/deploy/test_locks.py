@@ -24,9 +24,17 @@ def pinned(lock: Path) -> dict[str, str]:
     return {name(n): v for n, v, _ in entries}
 
 
+# Extras the image installs too: it traces when the OTEL_* settings ask for it.
+IMAGE_EXTRAS = ("tracing",)
+
+
 def runtime_dependencies() -> set[str]:
+    """pyproject's dependencies and the extras the image carries."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return {name(r) for r in project["dependencies"]}
+    extras = project.get("optional-dependencies", {})
+    return {name(r) for r in project["dependencies"]} | {
+        name(r) for extra in IMAGE_EXTRAS for r in extras.get(extra, [])
+    }
 
 
 @pytest.mark.parametrize(
@@ -42,7 +50,7 @@ def test_lock_pins_exactly_the_runtime_dependencies(variant: str, onnxruntime: s
     assert inputs == wanted
     locked = pinned(LOCKS / f"runtime-{variant}.txt")
     assert wanted <= set(locked)
-    assert "torch" not in locked
+    assert "torch" not in locked and "grpcio-tools" not in locked  # generated code is committed
     other = "onnxruntime-gpu" if onnxruntime == "onnxruntime" else "onnxruntime"
     assert other not in locked  # never both in one environment
 
