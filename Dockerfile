@@ -44,9 +44,11 @@ ENV PATH=/opt/segserve/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     SEG_HOST=0.0.0.0 \
-    SEG_PORT=8000
+    SEG_PORT=8000 \
+    SEG_GRPC_PORT=8081
 USER 10001:10001
-EXPOSE 8000
+# HTTP (REST, /v1 and /v2) and gRPC (the Open Inference Protocol; SEG_GRPC_PORT= turns it off).
+EXPOSE 8000 8081
 # `segserve healthcheck` asks /health/ready on SEG_PORT (exec form cannot expand variables).
 # The start period covers model loading and warm-up.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \

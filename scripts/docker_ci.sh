@@ -20,4 +20,6 @@ health=$(docker inspect --format '{{.State.Health.Status}}' "$(bash "$D/compose.
 echo "container health: $health"
 [ "$health" = healthy ]
 .venv/bin/python scripts/check_deployment.py --url http://127.0.0.1:8000
+# The gRPC port too (SEG_GRPC_PORT=8081 in the image): tritonclient.grpc against /v1.
+.venv/bin/python scripts/check_grpc.py --grpc 127.0.0.1:8081 --url http://127.0.0.1:8000
 docker run --rm --network host --entrypoint id segserve:cpu
