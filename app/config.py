@@ -184,7 +184,14 @@ class Settings(BaseSettings):
         2 * 1024**3, ge=1024, description="Largest job upload, streamed to disk (413 above)."
     )
     job_max_pixels: int = Field(
-        16384 * 16384, ge=1, description="Largest job image, width x height (413 above)."
+        16384 * 16384,
+        ge=1,
+        description="Largest job image, width x height, in formats decoded whole (413 above).",
+    )
+    job_max_tiff_pixels: int = Field(
+        65536 * 65536,
+        ge=1,
+        description="Largest TIFF job image: read region by region, never decoded whole.",
     )
 
     @field_validator("api_keys")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -116,6 +116,23 @@ def choose_plan(
     return TilePlan(size, overlap, batch or (default.batch if default else 1))
 
 
+class Regions(Protocol):
+    """An image too large to hold, read a region at a time (e.g. a TIFF on disk)."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Canonical uint8 pixels of rows y0:y1 and columns x0:x1."""
+        ...
+
+
+def read(source: np.ndarray | Regions, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    if isinstance(source, np.ndarray):
+        return source[y0:y1, x0:x1]
+    return source.read(y0, y1, x0, x1)
+
+
 class TileSource:
     """Tiles of the image as the model sees it, (C, h, w) uint8, mirror-padded to the size
     multiple, cut out one at a time: no padded copy of the whole image is ever made. A
@@ -123,7 +140,9 @@ class TileSource:
     whole image when the tile holds more real rows (columns) than the margin; for tiny
     images, where it might not, the whole padded image is made (it is small then)."""
 
-    def __init__(self, pixels: np.ndarray, spec: ModelSpec, tile_h: int, tile_w: int) -> None:
+    def __init__(
+        self, pixels: np.ndarray | Regions, spec: ModelSpec, tile_h: int, tile_w: int
+    ) -> None:
         self.pixels, self.spec = pixels, spec
         self.height, self.width = pixels.shape[:2]
         m = spec.size_multiple
@@ -135,19 +154,21 @@ class TileSource:
         local = (tile_h >= self.padded_h or tile_h - margin_h > margin_h) and (
             tile_w >= self.padded_w or tile_w - margin_w > margin_w
         )
-        self.whole = None if local else padded_channels(pixels, spec)
+        self.whole = (
+            None if local else padded_channels(read(pixels, 0, self.height, 0, self.width), spec)
+        )
 
     def tile(self, y: int, x: int, tile_h: int, tile_w: int) -> np.ndarray:
         if self.whole is not None:
             return self.whole[:, y : y + tile_h, x : x + tile_w]
-        part = self.pixels[y : min(y + tile_h, self.height), x : min(x + tile_w, self.width)]
+        part = read(self.pixels, y, min(y + tile_h, self.height), x, min(x + tile_w, self.width))
         chw = to_channels(part, self.spec.input_channels).transpose(2, 0, 1)
         return mirror_pad(chw, tile_h - chw.shape[1], tile_w - chw.shape[2])
 
 
 def segment_tiled(
     model: ModelEntry,
-    pixels: np.ndarray,
+    pixels: np.ndarray | Regions,
     plan: TilePlan,
     confidence: bool = False,
     tta: bool = False,

@@ -5,6 +5,8 @@ interrupted by a restart or a crash resumes from its last finished tile batch.""
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 import secrets
 import shutil
 import threading
@@ -27,6 +29,8 @@ from app.errors import (
 )
 from app.imaging.decode import OPEN_FORMATS, decode_image
 from app.imaging.encode import palette_png
+from app.imaging.tiff_regions import TiffRegions, is_tiff
+from app.imaging.tiff_write import write_class_map_tiff
 from app.inference.pipeline import Stopped, segment
 from app.inference.registry import ModelEntry, ModelRegistry
 from app.inference.tiling import choose_plan, segment_tiled
@@ -35,8 +39,58 @@ from app.service.budget import Limits, check_image
 
 log = logging.getLogger("segserve.jobs")
 
-INPUT, LABELS, RESULT_PNG = "input", "labels.u8", "result.png"
+INPUT, LABELS, RESULT_PNG, RESULT_TIFF = "input", "labels.u8", "result.png", "result.tif"
 SWEEP_EVERY_S = 60.0
+
+
+def input_is_tiff(path: Path) -> bool:
+    with open(path, "rb") as file:
+        return is_tiff(file.read(4))
+
+
+def probe_tiff(path: Path) -> tuple[int, int]:
+    """Width and height of a TIFF's full-resolution image, its structure checked."""
+    regions = TiffRegions(path)
+    try:
+        return regions.width, regions.height
+    finally:
+        regions.close()
+
+
+class LabelFile:
+    """The job's (height, width) uint8 class map in a file, mapped into memory. After each
+    flush its pages are dropped from the process (they are on disk): a 32,768^2 map never
+    counts as 1 GiB of resident memory."""
+
+    def __init__(self, path: Path, height: int, width: int) -> None:
+        size = height * width
+        self.file = open(path, "r+b" if path.exists() else "w+b")  # noqa: SIM115
+        if os.fstat(self.file.fileno()).st_size != size:
+            self.file.truncate(size)
+        self.map = mmap.mmap(self.file.fileno(), size)
+        self.array: np.ndarray = np.frombuffer(self.map, np.uint8).reshape(height, width)
+
+    def flush(self) -> None:
+        self.map.flush()
+        self.map.madvise(mmap.MADV_DONTNEED)
+
+    def band(self, y0: int, y1: int) -> np.ndarray:
+        """Rows y0:y1 as an array of their own; the mapped pages are dropped again."""
+        rows = np.array(self.array[y0:y1])
+        self.map.madvise(mmap.MADV_DONTNEED)
+        return rows
+
+    def __enter__(self) -> LabelFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.map.flush()
+        del self.array
+        try:
+            self.map.close()
+        except BufferError:  # a view is still referenced (by an exception's traceback):
+            pass  # the map closes when the view goes
+        self.file.close()
 
 
 def probe_image(path: Path) -> tuple[int, int]:
@@ -93,14 +147,23 @@ class JobManager:
         assert model.spec is not None
         folder = self.folder(job_id)
         try:
-            width, height = probe_image(folder / INPUT)
-            if width * height > self.settings.job_max_pixels:
-                raise PayloadTooLarge(
-                    f"the image has {width}x{height} pixels; jobs take at most "
-                    f"{self.settings.job_max_pixels} (SEG_JOB_MAX_PIXELS)"
+            tiff = input_is_tiff(folder / INPUT)
+            width, height = probe_tiff(folder / INPUT) if tiff else probe_image(folder / INPUT)
+            limit, setting = (
+                (self.settings.job_max_tiff_pixels, "SEG_JOB_MAX_TIFF_PIXELS")
+                if tiff
+                else (self.settings.job_max_pixels, "SEG_JOB_MAX_PIXELS")
+            )
+            if width * height > limit:
+                hint = (
+                    "" if tiff else "; TIFF is read region by region, up to SEG_JOB_MAX_TIFF_PIXELS"
                 )
-            check_image(model.spec, height, width, self.limits())
-            # The input, the class map and its PNG: the PNG is at most the map's size.
+                raise PayloadTooLarge(
+                    f"the image has {width}x{height} pixels; jobs take at most {limit} "
+                    f"({setting}{hint})"
+                )
+            check_image(model.spec, height, width, self.limits(limit))
+            # The input, the class map on disk and its PNG or TIFF (at most the map's size).
             disk = (folder / INPUT).stat().st_size + 2 * width * height
             if self.store.disk_bytes() + disk > self.settings.job_disk_bytes:
                 raise InsufficientStorage(
@@ -112,10 +175,17 @@ class JobManager:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         job = Job(
-            id=job_id, owner=owner, model=model.spec.name, model_version=model.spec.version,
-            state=JobState.queued, options=options, width=width, height=height,
-            created=time.time(), disk_bytes=disk,
-        )  # fmt: skip
+            id=job_id,
+            owner=owner,
+            model=model.spec.name,
+            model_version=model.spec.version,
+            state=JobState.queued,
+            options=options,
+            width=width,
+            height=height,
+            created=time.time(),
+            disk_bytes=disk,
+        )
         self.store.add(job)
         self.wake.set()
         return job
@@ -134,9 +204,9 @@ class JobManager:
         if job.state is JobState.queued:
             self._finish(job.id, JobState.cancelled)
 
-    def limits(self) -> Limits:
+    def limits(self, max_pixels: int | None = None) -> Limits:
         return Limits(
-            self.settings.job_max_pixels,
+            max_pixels or self.settings.job_max_tiff_pixels,
             self.settings.whole_image_max_pixels,
             self.settings.max_answer_bytes,
         )
@@ -146,8 +216,12 @@ class JobManager:
     def start(self) -> None:
         # A job left running by a stop or a crash resumes from its finished tiles.
         for job in self.store.find(states=(JobState.running,)):
-            log.info("job %s resumes after a restart at tile %d of %d", job.id,
-                     job.tiles_done, job.tiles_total)  # fmt: skip
+            log.info(
+                "job %s resumes after a restart at tile %d of %d",
+                job.id,
+                job.tiles_done,
+                job.tiles_total,
+            )
             self.store.update(job.id, state=JobState.queued)
         self.thread = threading.Thread(target=self._loop, name="jobs", daemon=True)
         self.thread.start()
@@ -215,53 +289,96 @@ class JobManager:
         if model.spec.version != job.model_version:
             raise ModelNotFound(f"model {job.model} {job.model_version} is no longer served")
         folder = self.folder(job.id)
-        with open(folder / INPUT, "rb") as source:
-            pixels = decode_image(source, self.settings.job_max_pixels).pixels
-        height, width = pixels.shape[:2]
-        if (folder / LABELS).exists():
-            labels = np.memmap(folder / LABELS, np.uint8, "r+", shape=(height, width))
+        tiff = input_is_tiff(folder / INPUT)
+        source: np.ndarray | TiffRegions
+        if tiff:
+            source = TiffRegions(folder / INPUT)
         else:
-            labels = np.memmap(folder / LABELS, np.uint8, "w+", shape=(height, width))
+            with open(folder / INPUT, "rb") as file:
+                source = decode_image(file, self.settings.job_max_pixels).pixels
+        try:
+            self._segment(job, model, source, cancel, on_batch)
+        finally:
+            if isinstance(source, TiffRegions):
+                source.close()
+
+    def _segment(
+        self,
+        job: Job,
+        model: ModelEntry,
+        source: np.ndarray | TiffRegions,
+        cancel: threading.Event,
+        on_batch: Callable[[], None] | None,
+    ) -> None:
+        assert model.spec is not None
+        folder = self.folder(job.id)
+        height, width = source.shape[:2]
         options = job.options
-        plan = choose_plan(model.spec, height, width, self.settings.whole_image_max_pixels,
-                           "auto", options.get("tile_size"), options.get("tile_overlap"),
-                           model.tile_batch)  # fmt: skip
+        plan = choose_plan(
+            model.spec,
+            height,
+            width,
+            self.settings.whole_image_max_pixels,
+            "auto",
+            options.get("tile_size"),
+            options.get("tile_overlap"),
+            model.tile_batch,
+        )
 
         def stop() -> bool:
             return cancel.is_set() or self.stopping.is_set()
 
-        if plan is None:
-            self.store.update(job.id, tiles_total=1)
-            labels[:] = segment(model, pixels, tta=bool(options.get("tta")),
-                                should_stop=stop).labels  # fmt: skip
-            labels.flush()
-            self.store.update(job.id, tiles_done=1)
-        else:
+        with LabelFile(folder / LABELS, height, width) as labels:
+            if plan is None:
+                self.store.update(job.id, tiles_total=1)
+                pixels = (
+                    source if isinstance(source, np.ndarray) else source.read(0, height, 0, width)
+                )
+                labels.array[:] = segment(
+                    model, pixels, tta=bool(options.get("tta")), should_stop=stop
+                ).labels
+                labels.flush()
+                self.store.update(job.id, tiles_done=1)
+            else:
 
-            def progress(done: int, total: int) -> None:
-                labels.flush()  # the map on disk first, then the count that vouches for it
-                self.store.update(job.id, tiles_done=done, tiles_total=total)
-                if on_batch is not None:
-                    on_batch()
+                def progress(done: int, total: int) -> None:
+                    labels.flush()  # the map on disk first, then the count that vouches for it
+                    self.store.update(job.id, tiles_done=done, tiles_total=total)
+                    if on_batch is not None:
+                        on_batch()
 
-            segment_tiled(model, pixels, plan, tta=bool(options.get("tta")), should_stop=stop,
-                          labels_out=labels, first_tile=job.tiles_done,
-                          on_progress=progress)  # fmt: skip
-        (folder / RESULT_PNG).write_bytes(palette_png(np.asarray(labels), model.spec.palette))
+                segment_tiled(
+                    model,
+                    source,
+                    plan,
+                    tta=bool(options.get("tta")),
+                    should_stop=stop,
+                    labels_out=labels.array,
+                    first_tile=job.tiles_done,
+                    on_progress=progress,
+                )
+            if height * width <= self.settings.max_pixels:
+                png = palette_png(np.asarray(labels.array), model.spec.palette)
+                (folder / RESULT_PNG).write_bytes(png)
+                labels.flush()
+            if isinstance(source, TiffRegions) or height * width > self.settings.max_pixels:
+                info = source.info() if isinstance(source, TiffRegions) else None
+                partial = folder / (RESULT_TIFF + ".part")
+                write_class_map_tiff(partial, labels.band, height, width, model.spec.palette, info)
+                partial.replace(folder / RESULT_TIFF)
 
     def _finish(self, job_id: str, state: JobState, error: dict[str, Any] | None = None) -> None:
         self.store.update(job_id, state=state, finished=time.time(), error=error)
         if state is not JobState.succeeded:
             folder = self.folder(job_id)
-            for name in (INPUT, LABELS, RESULT_PNG):
+            for name in (INPUT, LABELS, RESULT_PNG, RESULT_TIFF):
                 (folder / name).unlink(missing_ok=True)
 
-    def result_path(self, job: Job) -> Path:
-        return self.folder(job.id) / RESULT_PNG
+    def result_path(self, job: Job, format: str = "png") -> Path:
+        return self.folder(job.id) / (RESULT_TIFF if format == "tiff" else RESULT_PNG)
 
     def labels(self, job: Job) -> np.ndarray:
-        return np.memmap(self.folder(job.id) / LABELS, np.uint8, "r",
-                         shape=(job.height, job.width))  # fmt: skip
+        return np.memmap(self.folder(job.id) / LABELS, np.uint8, "r", shape=(job.height, job.width))
 
 
 def _problem(status: int, slug: str, detail: str) -> dict[str, Any]:

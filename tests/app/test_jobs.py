@@ -345,3 +345,39 @@ def test_a_real_server_killed_mid_job_finishes_it_after_a_restart(
             np.asarray(Image.open(io.BytesIO(result.content))),
             np.asarray(Image.open(io.BytesIO(direct.content))),
         )
+
+
+def test_a_tiff_job_is_read_by_regions_and_answers_a_tiff(
+    client: TestClient, tmp_path: Path
+) -> None:
+    import tifffile
+
+    image = np.random.default_rng(7).integers(0, 65536, (420, 380), dtype=np.uint16)
+    path = tmp_path / "scene.tif"
+    geo = [(33550, 12, 3, (2.0, 2.0, 0.0), True), (33922, 12, 6, (0, 0, 0, 5e5, 4e6, 0), True)]
+    tifffile.imwrite(path, image, tile=(128, 128), compression="zlib", extratags=geo)
+    query = "tile_size=128&tile_overlap=16"
+    submitted = client.post(
+        f"/v1/models/tiny-box/jobs?{query}",
+        content=path.read_bytes(),
+        headers={"content-type": "image/tiff"},
+    )
+    assert submitted.status_code == 202, submitted.text
+    state = wait_done(client, submitted.headers["Location"])
+    assert state["state"] == "succeeded", state
+    result = client.get(f"{submitted.headers['Location']}/result?format=tiff")
+    assert result.status_code == 200 and result.headers["content-type"] == "image/tiff"
+    (tmp_path / "map.tif").write_bytes(result.content)
+    direct = client.post(
+        f"/v1/models/tiny-box/segment?{query}",
+        content=path.read_bytes(),
+        headers={"content-type": "image/tiff"},
+    )
+    expected = np.asarray(Image.open(io.BytesIO(direct.content)))
+    with tifffile.TiffFile(tmp_path / "map.tif") as tif:
+        page = tif.pages[0]
+        assert np.array_equal(page.asarray(), expected)
+        assert page.photometric == 3 and page.is_tiled
+        assert page.tags[33550].value == (2.0, 2.0, 0.0)
+        assert page.tags[33922].value[3:5] == (5e5, 4e6)
+    assert client.get(f"{submitted.headers['Location']}/result").status_code == 200  # PNG too

@@ -18,7 +18,7 @@ from app.api.body import save_image_upload
 from app.api.deps import RegistryDep, SettingsDep
 from app.api.routes.segment import REQUEST_BODY
 from app.api.security import presented_key
-from app.errors import PROBLEM_CONTENT, JobNotReady, ProblemError
+from app.errors import PROBLEM_CONTENT, InvalidParameter, JobNotReady, ProblemError
 from app.imaging.encode import rle_json_text, rle_text_bytes
 from app.jobs.manager import INPUT, JobManager
 from app.jobs.store import Job, JobState
@@ -177,8 +177,10 @@ async def job_events(request: Request, jobs: JobsDep, job_id: str) -> StreamingR
 @router.get(
     "/v1/jobs/{job_id}/result",
     summary="A finished job's class map",
-    description="png: the palette PNG of class indices; json: the run-length encoded map. "
-    "Both support HTTP range requests.",
+    description="png: the palette PNG of class indices (maps up to SEG_MAX_PIXELS); tiff: a "
+    "tiled BigTIFF of class indices with the palette as its colour map and the input's "
+    "georeferencing (TIFF inputs and larger maps); json: the run-length encoded map. All "
+    "support HTTP range requests.",
     response_class=FileResponse,
     responses={409: {"description": "The job has no result", **PROBLEM_CONTENT}},
 )
@@ -186,13 +188,31 @@ async def job_result(
     request: Request,
     jobs: JobsDep,
     job_id: str,
-    format: Annotated[Literal["png", "json"], Query(description="png or json")] = "png",
+    format: Annotated[
+        Literal["png", "tiff", "json"] | None,
+        Query(description="png, tiff or json (default: png, or tiff when there is no PNG)"),
+    ] = None,
 ) -> FileResponse:
     job = own_job(jobs, request, job_id)
     if job.state is not JobState.succeeded:
         raise JobNotReady(f"job {job_id} is {job.state.value}; it has no result")
-    if format == "png":
-        return FileResponse(jobs.result_path(job), media_type="image/png", filename=f"{job.id}.png")
+    if format is None:
+        format = "png" if jobs.result_path(job, "png").exists() else "tiff"
+    if format in ("png", "tiff"):
+        path = jobs.result_path(job, format)
+        if not path.exists():
+            other = "tiff" if format == "png" else "png"
+            raise InvalidParameter(
+                f"this job's result is kept as {other.upper()}, not {format.upper()} (PNG up "
+                f"to SEG_MAX_PIXELS; TIFF for TIFF inputs and larger maps): use format={other}"
+            )
+        media = "image/png" if format == "png" else "image/tiff"
+        suffix = "png" if format == "png" else "tif"
+        return FileResponse(path, media_type=media, filename=f"{job.id}.{suffix}")
+    if job.width * job.height > jobs.settings.max_pixels:
+        raise InvalidParameter(
+            "run-length JSON is kept for maps up to SEG_MAX_PIXELS; use format=tiff"
+        )
     path = await asyncio.to_thread(json_result, jobs, job)
     return FileResponse(path, media_type="application/json", filename=f"{job.id}.json")
 
