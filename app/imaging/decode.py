@@ -4,10 +4,13 @@ Conversion rules (also in the README):
 - EXIF orientation is applied, so the class map matches the image as viewers show it.
 - Multi-frame files (animated GIF, multi-page TIFF): the first frame is used.
 - 16-bit and 32-bit integer grey is scaled to 8 bits (v / 257, rounded); float grey is
-  clipped to 0-255. Palette images become RGB (or RGBA with transparency), CMYK and
+  clipped to 0-255 (NaN becomes 0). Palette images become RGB (or RGBA with transparency), CMYK and
   YCbCr become RGB, 1-bit becomes L.
 - Alpha is dropped: pixels keep their colour values, transparency is not composited.
 - To 1 model channel: ITU-R 601-2 luma (Pillow "L"); to 3: RGB, grey replicated.
+
+Only the plugins of the accepted formats parse an upload, and whatever a plugin raises on
+a damaged file is InvalidImage (400), never a 500.
 """
 
 from __future__ import annotations
