@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from app.api.routes import health, metrics, models, segment, v2, web
+from app.api.routes import health, labelstudio, metrics, models, segment, v2, web
 from app.api.routes import jobs as jobs_routes
 from app.api.security import install_security
 from app.config import Settings
@@ -110,7 +110,7 @@ def create_app(
         metrics=app_metrics,
         known_models=lambda: {e.name for e in registry.served()},
     )
-    for module in (health, models, segment, jobs_routes, metrics, v2, web):
+    for module in (health, models, segment, jobs_routes, labelstudio, metrics, v2, web):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     return app

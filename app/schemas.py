@@ -61,3 +61,30 @@ class SegmentationResponse(BaseModel):
     providers: list[str]
     tiles: int = Field(1, description="Session inputs the image was cut into (1: one pass).")
     timings_ms: dict[str, float]
+
+
+class CocoRle(BaseModel):
+    size: list[int] = Field(description="[height, width]")
+    counts: str = Field(description="pycocotools' compressed RLE string (column-major runs)")
+
+
+class CocoAnnotation(BaseModel):
+    id: int
+    image_id: int
+    category_id: int = Field(description="The class index (the palette PNG's pixel value).")
+    category_name: str
+    segmentation: CocoRle
+    area: int
+    bbox: list[int] = Field(description="[x, y, width, height] of the class's pixels")
+    iscrowd: int
+
+
+class CocoDocument(BaseModel):
+    """format=coco: a COCO dataset of the one image, an annotation per class present."""
+
+    model: ModelRef
+    width: int
+    height: int
+    images: list[dict[str, int]]
+    categories: list[dict[str, Any]]
+    annotations: list[CocoAnnotation]

@@ -17,6 +17,9 @@ from app.imaging.encode import (
     rle_json_text,
     rle_text_bytes,
 )
+from app.imaging.georef import GeoReference
+from app.imaging.masks.coco import coco_document, coco_size_bound
+from app.imaging.masks.geojson import feature_collection, geojson_size_bound
 from app.inference.pipeline import Segmentation
 from app.inference.registry import ModelEntry
 from app.schemas import ClassStat, ModelRef, SegmentationResponse
@@ -51,14 +54,20 @@ def render(
     options: SegmentOptions,
     limits: Limits,
     timings: dict[str, float],
+    georef: GeoReference | None = None,
 ) -> tuple[bytes, str]:
-    """Body and media type; adds the encode time to `timings`."""
+    """Body and media type; adds the encode time to `timings`. `georef`: the GeoTIFF's
+    map coordinates for format=geojson."""
     assert model.spec is not None
     spec = model.spec
     started = time.perf_counter()
     if options.format == "json":
         body = _json(model, result, options, limits, timings, started)
         return body, "application/json"
+    if options.format in ("coco", "geojson"):
+        body, media_type = _mask_answer(spec, result.labels, options, limits, georef)
+        timings["encode"] = (time.perf_counter() - started) * 1000
+        return body, media_type
     if options.format == "png":
         body = palette_png(result.labels, spec.palette)
     elif options.format == "confidence":
@@ -109,3 +118,25 @@ def _json(
         head, tail = text.split(COUNTS_PLACEHOLDER, 1)
         return b"".join((head.encode(), b'"counts":[', counts_text, b"]", tail.encode()))
     return text.encode()
+
+
+def _mask_answer(
+    spec: ModelSpec,
+    labels: np.ndarray,
+    options: SegmentOptions,
+    limits: Limits,
+    georef: GeoReference | None,
+) -> tuple[bytes, str]:
+    """COCO RLE or GeoJSON polygons, each sized by an upper estimate before it is built."""
+    height, width = labels.shape
+    header = {"model": {"name": spec.name, "version": spec.version}, "width": width,
+              "height": height}  # fmt: skip
+    if options.format == "coco":
+        size = coco_size_bound(labels, len(spec.classes))
+        check_answer(size, f"the COCO RLE of {width}x{height}", limits, "use format=png")
+        return coco_document(labels, spec.classes, header), "application/json"
+    size = geojson_size_bound(labels, len(spec.classes), georef is not None)
+    check_answer(size, f"the GeoJSON polygons of {width}x{height}", limits,
+                 "use format=png or format=coco")  # fmt: skip
+    body = feature_collection(labels, spec.classes, options.simplify, georef, header)
+    return body, "application/geo+json"

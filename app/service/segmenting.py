@@ -10,13 +10,14 @@ from typing import BinaryIO, Literal
 import numpy as np
 
 from app.imaging.decode import decode_image
+from app.imaging.georef import read_georeference
 from app.inference.pipeline import Segmentation, segment
 from app.inference.registry import ModelEntry
 from app.inference.tiling import Tiling, choose_plan, segment_tiled
 from app.service.budget import Limits, check_image
 from app.service.render import check_renderable, render
 
-OutputFormat = Literal["png", "json", "overlay", "confidence"]
+OutputFormat = Literal["png", "json", "overlay", "confidence", "coco", "geojson"]
 ClassMapEncoding = Literal["rle", "list"]
 
 
@@ -31,6 +32,7 @@ class SegmentOptions:
     tile_size: int | None = None  # default: the model's metadata
     tile_overlap: int | None = None
     tta: bool = False  # average over the 8 flips/rotations
+    simplify: float = 0.0  # GeoJSON Douglas-Peucker tolerance in pixels (0: exact)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ def segment_file(
     started = time.perf_counter()
     image = decode_image(source, limits.max_pixels)
     check_renderable(model.spec, image.height, image.width, options, limits)
+    georef = read_georeference(source) if options.format == "geojson" else None
     decoded = time.perf_counter()
     result = infer_pixels(
         model, image.pixels, limits,
@@ -100,5 +103,5 @@ def segment_file(
         tta=options.tta, confidence=options.format == "confidence", stop=stop,
     )  # fmt: skip
     timings = {"decode": (decoded - started) * 1000, **result.timings_ms}
-    body, media_type = render(model, image.pixels, result, options, limits, timings)
+    body, media_type = render(model, image.pixels, result, options, limits, timings, georef)
     return SegmentResult(body, media_type, image.width, image.height, result.tiles, timings)

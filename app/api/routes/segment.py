@@ -10,7 +10,7 @@ from app.api.body import read_image_upload
 from app.api.deps import AdmissionDep, ExecutorDep, MetricsDep, RegistryDep, SettingsDep
 from app.errors import PROBLEM_CONTENT, ProblemError
 from app.inference.tiling import Tiling
-from app.schemas import SegmentationResponse
+from app.schemas import CocoDocument, SegmentationResponse
 from app.service import Limits, OutputFormat, SegmentOptions, segment_file
 from app.service.segmenting import ClassMapEncoding
 
@@ -84,7 +84,12 @@ def choose_format(query: OutputFormat | None, accept: str | None) -> OutputForma
             return "png"
         if media == "application/json":
             return "json"
-    raise NotAcceptable("this endpoint answers image/png or application/json (or use ?format=)")
+        if media == "application/geo+json":
+            return "geojson"
+    raise NotAcceptable(
+        "this endpoint answers image/png, application/json or application/geo+json "
+        "(or use ?format=)"
+    )
 
 
 @router.post(
@@ -94,6 +99,11 @@ def choose_format(query: OutputFormat | None, accept: str | None) -> OutputForma
         "Returns the per-pixel class map at the input's resolution: `png` (default) is a "
         "palette PNG whose pixel values are class indices, `json` gives the map run-length "
         "encoded with per-class statistics, `overlay` blends the coloured map into the input. "
+        "`coco` gives a COCO dataset of the image with one annotation per class present "
+        "(pycocotools' compressed RLE, column-major, with area and bbox; category id = class "
+        "index); `geojson` a FeatureCollection with one MultiPolygon (with holes) per class, "
+        "in pixel coordinates (pixel edges on integers, y down) or, for a georeferenced "
+        "GeoTIFF, in its map coordinates and CRS, simplified by `simplify`. "
         "The format comes from `format`, else from the Accept header."
     ),
     openapi_extra={"requestBody": REQUEST_BODY},
@@ -102,7 +112,12 @@ def choose_format(query: OutputFormat | None, accept: str | None) -> OutputForma
         200: {
             "content": {
                 "image/png": {"schema": {"type": "string", "format": "binary"}},
-                "application/json": {"schema": inline_schema(SegmentationResponse)},
+                "application/json": {
+                    "schema": {
+                        "anyOf": [inline_schema(SegmentationResponse), inline_schema(CocoDocument)]
+                    }
+                },
+                "application/geo+json": {"schema": {"type": "object"}},
             },
             "description": "The class map.",
         },
@@ -125,8 +140,13 @@ async def segment_image(
     admission: AdmissionDep,
     name: Annotated[str, Path(description="Model name", examples=["unet-isbi"])],
     format: Annotated[
-        OutputFormat | None, Query(description="png, json, overlay or confidence")
+        OutputFormat | None,
+        Query(description="png, json, overlay, confidence, coco or geojson"),
     ] = None,
+    simplify: Annotated[
+        float,
+        Query(ge=0.0, le=1e6, description="GeoJSON Douglas-Peucker tolerance, pixels (0: exact)"),
+    ] = 0.0,
     alpha: Annotated[float, Query(ge=0.0, le=1.0, description="Overlay opacity")] = 0.5,
     encoding: Annotated[ClassMapEncoding, Query(description="JSON class-map encoding")] = "rle",
     tiling: Annotated[
@@ -145,8 +165,9 @@ async def segment_image(
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     options = SegmentOptions(
-        choose_format(format, accept), alpha, encoding, tiling, tile_size, tile_overlap, tta
-    )
+        choose_format(format, accept), alpha, encoding, tiling, tile_size, tile_overlap, tta,
+        simplify,
+    )  # fmt: skip
     model = registry.get(name)
     admission.check_capacity()  # refuse before reading the body when the queue is full
     upload = await read_image_upload(request, settings)
