@@ -1,6 +1,7 @@
 import io
 import struct
 import tempfile
+import warnings
 import zlib
 
 import numpy as np
@@ -245,3 +246,12 @@ def test_memory_error_while_decoding_is_413(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr("PIL.ImageFile.ImageFile.load", exhausted)
     with pytest.raises(PayloadTooLarge, match="memory"):
         decode_image(data, 10**6)
+
+
+def test_float_nan_becomes_zero_without_an_invalid_cast() -> None:
+    values = np.array([[np.nan, 300.0, -5.0, 127.6]], np.float32)
+    data = encoded(Image.fromarray(values), "TIFF")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy: invalid value in cast
+        decoded = decode_image(data, 100)
+    assert decoded.mode == "F" and decoded.pixels.tolist() == [[0, 255, 0, 128]]
