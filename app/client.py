@@ -75,7 +75,7 @@ def segment_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from segserve import SegserveError
+    from segserve import SegserveError, TransportError
     from segserve.batch import run_batch
 
     if args.concurrency < 1:
@@ -89,11 +89,22 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if isinstance(outputs, str):
         print(f"segserve segment: {outputs}", file=sys.stderr)
         return 2
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     params = segment_params(args)
     failures: list[tuple[Path, str]] = []
     started = time.perf_counter()
     with make_client(args) as client:
+        try:  # an unreachable service fails once here, not once per image after retries
+            client.model(args.model)
+        except TransportError as exc:
+            print(f"segserve segment: {exc}", file=sys.stderr)
+            return 1
+        except SegserveError:
+            pass  # a missing key, an unknown or loading model: each image's answer says so
+        try:
+            args.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"segserve segment: cannot create {args.out_dir}: {exc}", file=sys.stderr)
+            return 2
 
         def work(source: Any) -> Path:
             answer = client.segment_raw(source, args.model, args.format, **params)

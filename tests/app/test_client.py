@@ -59,6 +59,13 @@ def test_segment_unknown_model_and_empty_input_fail(model_dir: Path, tmp_path: P
     assert unknown.returncode == 1 and "404" in unknown.stderr
     empty = segserve("segment", str(tmp_path / "o"), "--model", "tiny-grey")
     assert empty.returncode == 2
+    started = time.monotonic()
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    down = segserve("segment", str(tmp_path / "a.png"), "--model", "tiny-grey",
+                    "--url", nowhere, "-o", str(tmp_path / "down"))  # fmt: skip
+    assert down.returncode == 1 and "Connection refused" in down.stderr
+    assert time.monotonic() - started < 20  # one refused check, not retries per image
+    assert not (tmp_path / "down").exists()
 
 
 def test_segment_several_files_with_an_api_key_from_the_environment(

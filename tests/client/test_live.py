@@ -93,3 +93,18 @@ def test_api_key(tmp_path: Path) -> None:
                 client.segment(pixels, "tiny-grey")
             assert caught.value.status == 401
             assert "API key" in caught.value.detail
+
+
+def test_coco_and_geojson_are_parsed(server: str) -> None:
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    pixels = grey_pattern(24, 40)
+    with Client(server) as client:
+        labels = client.segment(pixels, "tiny-grey")
+        coco = client.segment(pixels, "tiny-grey", "coco")
+        geojson = client.segment(pixels, "tiny-grey", "geojson", simplify=0)
+    present = sorted(int(c) for c in np.unique(labels))
+    assert sorted(a["category_id"] for a in coco["annotations"]) == present
+    for annotation in coco["annotations"]:
+        mask = mask_utils.decode(annotation["segmentation"])
+        assert np.array_equal(mask.astype(bool), labels == annotation["category_id"])
+    assert geojson["type"] == "FeatureCollection" and len(geojson["features"]) == len(present)
