@@ -8,13 +8,15 @@ from typing import Any
 
 import grpc
 from fastapi import FastAPI
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 
 from app.config import Settings
-from app.grpc_v2 import grpc_predict_v2_pb2_grpc as pb_grpc
-from app.grpc_v2.servicer import InferenceServicer
+from app.grpc_v2 import grpc_predict_v2_pb2 as pb
+from app.grpc_v2.servicer import InferenceServicer, Malformed
 
 log = logging.getLogger("segserve.grpc")
+SERVICE = "GRPCInferenceService"
 # Room for a response's framing beyond its tensors, which SEG_MAX_ANSWER_BYTES bounds.
 ANSWER_OVERHEAD_BYTES = 64 * 1024
 
@@ -41,8 +43,10 @@ async def start(app: FastAPI) -> grpc.aio.Server:
         registry=app.state.metrics.registry,
     )
     server = grpc.aio.server(options=server_options(settings))
-    register: Callable[[Any, Any], None] = pb_grpc.add_GRPCInferenceServiceServicer_to_server
-    register(InferenceServicer(app.state, requests), server)
+    handlers = method_handlers(InferenceServicer(app.state, requests))
+    name = pb.DESCRIPTOR.services_by_name[SERVICE].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     address = f"{host}:{settings.grpc_port}"
     if server.add_insecure_port(address) == 0:
@@ -50,6 +54,29 @@ async def start(app: FastAPI) -> grpc.aio.Server:
     await server.start()
     log.info("gRPC (Open Inference Protocol) on %s", address)
     return server
+
+
+def method_handlers(servicer: InferenceServicer) -> dict[str, Any]:
+    """The service's methods, as protoc's `add_GRPCInferenceServiceServicer_to_server` makes
+    them, except that a request that does not parse reaches the servicer as `Malformed`."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name[SERVICE].methods:
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_parser(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+    return handlers
+
+
+def _parser(message: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except DecodeError as exc:
+            return Malformed(message.__name__, str(exc))
+
+    return parse
 
 
 async def stop(server: grpc.aio.Server, grace_s: float) -> None:

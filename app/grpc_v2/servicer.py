@@ -25,7 +25,7 @@ from starlette.datastructures import State
 
 from app.api.security import key_matches
 from app.config import Settings
-from app.errors import ModelNotReady, ProblemError
+from app.errors import BadInferenceRequest, ModelNotReady, ProblemError
 from app.grpc_v2 import grpc_predict_v2_pb2 as pb
 from app.grpc_v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 from app.grpc_v2.tensors import infer_response, input_tensors, wanted_outputs
@@ -61,6 +61,14 @@ class Unauthorized(ProblemError):
     """No API key, or not one of SEG_API_KEYS (REST answers these in its middleware)."""
 
     status, slug = 401, "unauthorized"
+
+
+class Malformed:
+    """A request whose bytes are not a valid message (what the server's deserializer gives
+    instead of raising, which gRPC would answer UNKNOWN): answered INVALID_ARGUMENT."""
+
+    def __init__(self, message_type: str, reason: str) -> None:
+        self.message_type, self.reason = message_type, reason
 
 
 def grpc_code(error: ProblemError) -> grpc.StatusCode:
@@ -101,6 +109,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             if self.keys and not (method in OPEN_HEALTH and self.settings.open_health):
                 self._authenticate(metadata)
+            if isinstance(request, Malformed):
+                raise BadInferenceRequest(
+                    f"the request is not a valid {request.message_type} message: {request.reason}"
+                )
             return await handle(request, context)
         except ProblemError as error:
             code, detail = grpc_code(error), error.detail
@@ -165,7 +177,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 ready=self._entry(r.name, r.version).state is ModelState.ready
             )
 
-        return await self._call("ModelReady", request, context, handle, request.name)
+        return await self._call("ModelReady", request, context, handle, _name(request))
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> Any:
         async def handle(_: Any, __: Context) -> pb.ServerMetadataResponse:
@@ -185,10 +197,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 outputs=[tensor(**t) for t in meta["outputs"]],
             )
 
-        return await self._call("ModelMetadata", request, context, handle, request.name)
+        return await self._call("ModelMetadata", request, context, handle, _name(request))
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> Any:
-        return await self._call("ModelInfer", request, context, self._infer, request.model_name)
+        model = getattr(request, "model_name", "")
+        return await self._call("ModelInfer", request, context, self._infer, model)
 
     async def _infer(self, request: pb.ModelInferRequest, context: Context) -> Any:
         entry = self._entry(request.model_name, request.model_version)
@@ -217,3 +230,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         self.state.metrics.inference.labels(entry.name).observe(inference_ms / 1000)
         return response
+
+
+def _name(request: Any) -> str:
+    return str(getattr(request, "name", ""))

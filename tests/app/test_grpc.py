@@ -293,6 +293,27 @@ def test_hostile_requests_are_invalid_arguments(server: tuple[str, str], request
     assert "internal" not in (caught.value.details() or "")
 
 
+@pytest.mark.parametrize(
+    ("method", "data"),
+    [
+        ("ModelInfer", b"\x0a\x02\xff\xfe"),  # model_name not UTF-8
+        ("ModelInfer", b"\x3a\x05ab"),  # raw_input_contents cut short
+        ("ModelMetadata", b"\xff\xff\xff"),
+        ("ServerLive", b"\x0f"),
+    ],
+)
+def test_malformed_messages_are_invalid_arguments(
+    server: tuple[str, str], method: str, data: bytes
+) -> None:
+    """Bytes that do not parse as the method's message (gRPC itself would say UNKNOWN)."""
+    channel = grpc.insecure_channel(server[1])
+    call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+    with pytest.raises(grpc.RpcError) as caught:
+        call(data, timeout=30)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "is not a valid" in (caught.value.details() or "")
+
+
 # API keys.
 
 
