@@ -9,7 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "shipped_models"
@@ -165,6 +165,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_port_is_off(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("grpc_port")
+    @classmethod
+    def _grpc_port_is_not_http(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value == info.data.get("port"):
+            raise ValueError("SEG_GRPC_PORT must differ from SEG_PORT (HTTP)")
+        return value
 
     job_dir: Path = Field(
         Path(tempfile.gettempdir()) / "segserve-jobs",

@@ -445,3 +445,16 @@ def test_no_grpc_port_unless_set(models: Path) -> None:
     assert settings.grpc_port is None
     with TestClient(create_app(settings)):
         assert not any(t.name.startswith("grpc") for t in threading.enumerate())
+
+
+def test_grpc_port_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from app.config import Settings
+
+    monkeypatch.setenv("SEG_GRPC_PORT", "")  # empty, as `-e SEG_GRPC_PORT=` turns it off
+    assert Settings().grpc_port is None
+    monkeypatch.setenv("SEG_GRPC_PORT", "8081")
+    assert Settings().grpc_port == 8081
+    with pytest.raises(ValidationError, match="must differ from SEG_PORT"):
+        Settings(port=8081)
