@@ -15,6 +15,8 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.tracing import log_fields
+
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 log = logging.getLogger("segserve.access")
@@ -144,6 +146,7 @@ class RequestContextMiddleware:
                         "status": status,
                         "model": model,
                         "duration_ms": round(elapsed * 1000, 2),
+                        **log_fields(),  # trace and span ids when the request is traced
                     }
                 },
             )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from app import tracing
 from app.imaging.decode import to_channels
 from app.inference.registry import ModelEntry
 from app.spec import ModelSpec
@@ -60,6 +61,21 @@ def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
     return probabilities
 
 
+def run_session(
+    model: ModelEntry, output: str, x: np.ndarray, batchable: bool = True
+) -> np.ndarray:
+    """`model.run`, traced as one `session_run` span (its wait in the dynamic batcher too)."""
+    with tracing.span(
+        "session_run",
+        {
+            "segserve.output": output,
+            "segserve.input_shape": list(x.shape),
+            "segserve.batchable": batchable,
+        },
+    ):
+        return model.run(output, x, batchable)
+
+
 class Stopped(Exception):
     """Work stopped between session runs because nobody waits for the answer any more."""
 
@@ -78,7 +94,7 @@ def run_probabilities(
     spec = model.spec
 
     def probabilities(batch: np.ndarray) -> np.ndarray:
-        return softmax(model.run(spec.logits_output, batch, batchable), axis=1)
+        return softmax(run_session(model, spec.logits_output, batch, batchable), axis=1)
 
     if not tta:
         return probabilities(x)
@@ -115,11 +131,12 @@ def segment(
     spec = model.spec
     h, w = pixels.shape[:2]
     started = time.perf_counter()
-    x = preprocess(pixels, spec)
+    with tracing.span("preprocess"):
+        x = preprocess(pixels, spec)
     prepared = time.perf_counter()
     probs = confidences = None
     if spec.labels_output and not (probabilities or confidence or tta):
-        labels = model.run(spec.labels_output, x)[0, :h, :w]
+        labels = run_session(model, spec.labels_output, x)[0, :h, :w]
     else:
         full = run_probabilities(model, x, tta, should_stop=should_stop)[0, :, :h, :w]
         labels = full.argmax(0)

@@ -24,6 +24,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from app import tracing
 from app.errors import InvalidParameter
 from app.imaging.decode import to_channels
 from app.inference.pipeline import (
@@ -34,6 +35,7 @@ from app.inference.pipeline import (
     normalise,
     padded_channels,
     run_probabilities,
+    run_session,
 )
 from app.inference.registry import ModelEntry
 from app.spec import ModelSpec
@@ -166,6 +168,19 @@ class TileSource:
         return mirror_pad(chw, tile_h - chw.shape[1], tile_w - chw.shape[2])
 
 
+def tile_batch_attributes(
+    first: int, chunk: list[tuple[int, int]], batch: int, total: int
+) -> dict[str, object]:
+    """A tile batch's span attributes: its index, its tiles' indices (row-major) and corners."""
+    return {
+        "segserve.tile_batch": first // batch,
+        "segserve.tiles.count": len(chunk),
+        "segserve.tiles.total": total,
+        "segserve.tiles.indices": list(range(first, first + len(chunk))),
+        "segserve.tiles.corners": [f"{y},{x}" for y, x in chunk],
+    }
+
+
 def segment_tiled(
     model: ModelEntry,
     pixels: np.ndarray | Regions,
@@ -191,7 +206,8 @@ def segment_tiled(
     m = spec.size_multiple
     padded_h, padded_w = height + (-height) % m, width + (-width) % m
     tile_h, tile_w = tile_shape(plan.size, padded_h, padded_w, m)
-    source = TileSource(pixels, spec, tile_h, tile_w)
+    with tracing.span("preprocess"):
+        source = TileSource(pixels, spec, tile_h, tile_w)
     o = plan.overlap
     corners = [
         (y, x) for y in tile_starts(padded_h, tile_h, o) for x in tile_starts(padded_w, tile_w, o)
@@ -203,7 +219,7 @@ def segment_tiled(
 
     def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if use_labels_output and spec.labels_output:
-            return model.run(spec.labels_output, batch, batchable=False), None
+            return run_session(model, spec.labels_output, batch, batchable=False), None
         tile_probs = run_probabilities(model, batch, tta, batchable=False, should_stop=should_stop)
         return tile_probs.argmax(1), tile_probs
 
@@ -242,28 +258,35 @@ def segment_tiled(
         if on_progress is not None:
             on_progress(done, len(corners))
 
-    with ThreadPoolExecutor(1, "tiles") if model.pipelined_tiles else nullcontext() as runner:
+    with (
+        ThreadPoolExecutor(1, "tiles") if model.pipelined_tiles else nullcontext() as runner,
+        tracing.span_queue() as spans,  # a span per tile batch, ended once it is stitched
+    ):
         for k, first in enumerate(range(done, len(corners), plan.batch)):
             if should_stop is not None and should_stop():
                 raise Stopped(f"stopped after {first} of {len(corners)} tiles")
             chunk = corners[first : first + plan.batch]
             batch = buffers[k % len(buffers)]
+            spans.start("tile_batch", tile_batch_attributes(first, chunk, plan.batch, len(corners)))
             tick = time.perf_counter()
             for i, (y, x) in enumerate(chunk):
                 normalise(source.tile(y, x, tile_h, tile_w), spec, out=batch[i])
             batch[len(chunk) :] = batch[0]  # a short last batch keeps the session's input shape
             tock = time.perf_counter()
             if runner is None:
-                stitched(chunk, run(batch))
+                stitched(chunk, spans.bind(run)(batch))
+                spans.end_oldest()
             else:
                 if pending is not None:
                     stitched(pending[0], pending[1].result())
-                pending = chunk, runner.submit(run, batch)
+                    spans.end_oldest()
+                pending = chunk, runner.submit(spans.bind(run), batch)
             preparing += tock - tick
             inferring += time.perf_counter() - tock
         if pending is not None:
             tock = time.perf_counter()
             stitched(pending[0], pending[1].result())
+            spans.end_oldest()
             inferring += time.perf_counter() - tock
     setup = (time.perf_counter() - started) - preparing - inferring
     return Segmentation(

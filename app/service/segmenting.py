@@ -9,6 +9,7 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 
+from app import tracing
 from app.imaging.decode import decode_image
 from app.imaging.georef import read_georeference
 from app.inference.pipeline import Segmentation, segment
@@ -93,7 +94,10 @@ def segment_file(
     ask for. CPU work from start to end: callers run it in the inference executor."""
     assert model.spec is not None
     started = time.perf_counter()
-    image = decode_image(source, limits.max_pixels)
+    with tracing.span("decode") as decoding:
+        image = decode_image(source, limits.max_pixels)
+        decoding.set_attribute("segserve.image.width", image.width)
+        decoding.set_attribute("segserve.image.height", image.height)
     check_renderable(model.spec, image.height, image.width, options, limits)
     georef = read_georeference(source) if options.format == "geojson" else None
     decoded = time.perf_counter()
@@ -103,5 +107,6 @@ def segment_file(
         tta=options.tta, confidence=options.format == "confidence", stop=stop,
     )  # fmt: skip
     timings = {"decode": (decoded - started) * 1000, **result.timings_ms}
-    body, media_type = render(model, image.pixels, result, options, limits, timings, georef)
+    with tracing.span("encode", {"segserve.format": options.format}):
+        body, media_type = render(model, image.pixels, result, options, limits, timings, georef)
     return SegmentResult(body, media_type, image.width, image.height, result.tiles, timings)

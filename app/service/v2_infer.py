@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from app import tracing
 from app.config import Settings
 from app.errors import BadInferenceRequest, ModelNotFound, PayloadTooLarge
 from app.imaging.decode import decode_image
@@ -76,7 +77,8 @@ def request_images(tensors: Mapping[str, Any], settings: Settings) -> list[np.nd
         files = tensors["image_bytes"]
         if not isinstance(files, list) or len(files) != 1:
             raise BadInferenceRequest("'image_bytes' must be a BYTES tensor of shape [1]")
-        return [decode_image(files[0], settings.max_pixels).pixels]
+        with tracing.span("decode"):
+            return [decode_image(files[0], settings.max_pixels).pixels]
     array = tensors["image"]
     if not isinstance(array, np.ndarray) or array.dtype != np.uint8:
         raise BadInferenceRequest("'image' must be a UINT8 tensor")

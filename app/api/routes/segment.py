@@ -6,6 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from pydantic import BaseModel
 
+from app import tracing
 from app.api.body import read_image_upload
 from app.api.deps import AdmissionDep, ExecutorDep, MetricsDep, RegistryDep, SettingsDep
 from app.errors import PROBLEM_CONTENT, ProblemError
@@ -169,13 +170,14 @@ async def segment_image(
         simplify,
     )  # fmt: skip
     model = registry.get(name)
+    tracing.annotate_model(model.name, model.spec.version if model.spec else None)
     admission.check_capacity()  # refuse before reading the body when the queue is full
     upload = await read_image_upload(request, settings)
     try:
         stop = threading.Event()  # set when nobody waits for the answer any more
         result = await admission.run(
             executor,
-            segment_file,
+            tracing.bind(segment_file),  # the request's span into the executor thread
             model,
             upload,
             options,

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from app import tracing
 from app.api.body import read_limited
 from app.api.deps import AdmissionDep, ExecutorDep, MetricsDep, RegistryDep, SettingsDep
 from app.config import Settings
@@ -95,9 +96,10 @@ def _infer(
     header: dict[str, Any] = {"model_name": entry.spec.name, "model_version": entry.spec.version}
     if request.id is not None:
         header["id"] = request.id
-    body, json_length = encode_response(
-        header, [(n, result.arrays[n], binary) for n, binary in wanted]
-    )
+    with tracing.span("encode"):
+        body, json_length = encode_response(
+            header, [(n, result.arrays[n], binary) for n, binary in wanted]
+        )
     return body, json_length, result.inference_ms
 
 
@@ -109,6 +111,7 @@ async def _infer_route(
     metrics: MetricsDep,
     admission: AdmissionDep,
 ) -> Response:
+    tracing.annotate_model(entry.name, entry.spec.version if entry.spec else None)
     if entry.state is not ModelState.ready:
         return JSONResponse(
             {"error": f"model {entry.name!r} is {entry.state.value}"}, status_code=503
@@ -124,10 +127,11 @@ async def _infer_route(
         )
     # Parsing and validating JSON holds the interpreter: off the event loop, so health
     # probes and other requests keep being answered meanwhile.
-    parsed, tensors = await asyncio.to_thread(parse_request, body, header_length)
+    with tracing.span("parse", {"segserve.body_bytes": len(body)}):
+        parsed, tensors = await asyncio.to_thread(parse_request, body, header_length)
     stop = threading.Event()  # set when nobody waits for the answer any more
     content, json_length, inference_ms = await admission.run(
-        executor, _infer, entry, parsed, tensors, settings, stop,
+        executor, tracing.bind(_infer), entry, parsed, tensors, settings, stop,
         stop=stop, disconnected=request.is_disconnected,
     )  # fmt: skip
     metrics.inference.labels(entry.name).observe(inference_ms / 1000)
