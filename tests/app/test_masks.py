@@ -20,6 +20,7 @@ from app.imaging.georef import read_georeference
 from app.imaging.masks.coco import coco_entries, coco_size_bound
 from app.imaging.masks.geojson import feature_collection, geojson_size_bound
 from app.imaging.masks.polygons import polygons, trace
+from app.imaging.masks.simplify import simplify_rings
 from app.main import create_app
 from tests.app.conftest import png_bytes, wait_ready
 from tests.app.tiny_models import write_model
@@ -172,6 +173,50 @@ def test_rings_and_holes_of_the_isbi_map() -> None:
     assert max(len(p) for p in membrane) > 50
 
 
+def recursive_douglas_peucker(ring: np.ndarray, tolerance: float) -> np.ndarray:
+    """The textbook recursion (a stack here) on a closed ring split at its first point and
+    the point farthest from it: the reference for the vectorised version."""
+    if tolerance <= 0 or ring.shape[0] <= 3:
+        return ring
+    points = ring.astype(np.float64)
+    far = int(np.argmax(((points - points[0]) ** 2).sum(axis=1)))
+    closed = np.concatenate((points, points[:1]))
+    keep = np.zeros(closed.shape[0], bool)
+    keep[[0, far, -1]] = True
+    stack = [(0, far), (far, closed.shape[0] - 1)]
+    while stack:
+        first, last = stack.pop()
+        if last - first < 2:
+            continue
+        a, b = closed[first], closed[last]
+        segment = closed[first + 1 : last]
+        ab = b - a
+        length = float(np.hypot(*ab))
+        if length == 0:
+            distances = np.hypot(*(segment - a).T)
+        else:
+            distances = np.abs(ab[0] * (segment[:, 1] - a[1]) - ab[1] * (segment[:, 0] - a[0]))
+            distances /= length
+        worst = int(np.argmax(distances))
+        if distances[worst] > tolerance:
+            middle = first + 1 + worst
+            keep[middle] = True
+            stack += [(first, middle), (middle, last)]
+    result = ring[keep[:-1]]
+    return result if result.shape[0] >= 3 else ring[:0]
+
+
+@pytest.mark.parametrize("tolerance", [0.5, 1.0, 2.5])
+def test_vectorised_simplification_keeps_the_recursive_points(tolerance: float) -> None:
+    rings = []
+    for labels in all_maps():
+        traced = trace(labels == labels.flat[0])
+        rings += [traced.ring(k) for k in range(traced.areas.size)]
+    simplified = simplify_rings(rings, tolerance)
+    for ring, fast in zip(rings, simplified, strict=True):
+        assert np.array_equal(fast, recursive_douglas_peucker(ring, tolerance))
+
+
 def test_simplified_polygons_keep_iou_and_shrink() -> None:
     labels = reference_map(ISBI_MAP)
     exact = feature_collection(labels, ["membrane", "cell"], 0.0, None, {})
@@ -308,3 +353,32 @@ def test_bad_simplify_is_422(client: TestClient, simplify: str) -> None:
     )
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
+
+
+# ---- the shipped ISBI model on a real slice ---------------------------------------------
+
+
+@pytest.mark.shared_data
+def test_shipped_isbi_model_coco_and_geojson_match_its_png(tmp_path: Path) -> None:
+    from tests.conftest import SHARED_DATA
+
+    image = (SHARED_DATA / "isbi2012" / "images" / "21.png").read_bytes()
+    settings = Settings(device="cpu", intra_op_threads=2)
+    with TestClient(create_app(settings)) as shipped:
+        wait_ready(shipped, timeout=120)
+        expected = png_map(shipped, "unet-isbi", image)
+        assert len(trace(expected == 1).areas) > 100  # hundreds of cells
+        coco = json.loads(segment(shipped, "unet-isbi", image, format="coco"))
+        for annotation in coco["annotations"]:
+            mask = mask_api.decode(annotation["segmentation"]).astype(bool)
+            assert np.array_equal(mask, expected == annotation["category_id"])
+        response = shipped.post(
+            "/v1/models/unet-isbi/segment",
+            params={"format": "geojson"},
+            files={"image": ("21.png", image)},
+        )
+        encode_ms = float(response.headers["Server-Timing"].split("encode;dur=")[1].split(",")[0])
+        assert encode_ms < 3000  # about 150 ms on one shared core
+        for feature in response.json()["features"]:
+            back = rasterise(feature["geometry"], expected.shape, Affine.identity())
+            assert np.array_equal(back, expected == feature["id"])

@@ -57,8 +57,7 @@ def geojson_size_bound(labels: np.ndarray, classes: int, georeferenced: bool) ->
 def _ring_text(ring: np.ndarray, georef: GeoReference | None) -> str:
     closed = np.concatenate((ring, ring[:1]))
     if georef is None:
-        pairs = closed.tolist()
-        return "[" + ",".join(f"[{x},{y}]" for x, y in pairs) + "]"
+        return json.dumps(closed.tolist(), separators=(",", ":"))  # the C encoder: fast
     if georef.flips:
         closed = closed[::-1]  # a mirroring transform would turn the rings' orientation
     x, y = closed[:, 0].astype(np.float64), closed[:, 1].astype(np.float64)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.imaging.masks.simplify import simplify_rings
+
 # Directions: 0 = +x, 1 = +y, 2 = -x, 3 = -y; turning "left" (towards the mask) is d + 1.
 DX = np.array([1, 0, -1, 0], np.int64)
 DY = np.array([0, 1, 0, -1], np.int64)
@@ -181,39 +183,6 @@ def _parents(
     return link
 
 
-def simplify_ring(ring: np.ndarray, tolerance: float) -> np.ndarray:
-    """Douglas-Peucker on a closed ring (first point not repeated); the ring is split at
-    its first point and the point farthest from it. Fewer than 3 points: empty."""
-    if tolerance <= 0 or ring.shape[0] <= 3:
-        return ring
-    points = ring.astype(np.float64)
-    far = int(np.argmax(((points - points[0]) ** 2).sum(axis=1)))
-    closed = np.concatenate((points, points[:1]))
-    keep = np.zeros(closed.shape[0], bool)
-    keep[[0, far, -1]] = True
-    stack = [(0, far), (far, closed.shape[0] - 1)]
-    while stack:
-        first, last = stack.pop()
-        if last - first < 2:
-            continue
-        a, b = closed[first], closed[last]
-        segment = closed[first + 1 : last]
-        ab = b - a
-        length = float(np.hypot(*ab))
-        if length == 0:
-            distances = np.hypot(*(segment - a).T)
-        else:
-            distances = np.abs(ab[0] * (segment[:, 1] - a[1]) - ab[1] * (segment[:, 0] - a[0]))
-            distances /= length
-        worst = int(np.argmax(distances))
-        if distances[worst] > tolerance:
-            middle = first + 1 + worst
-            keep[middle] = True
-            stack += [(first, middle), (middle, last)]
-    result = ring[keep[:-1]]
-    return result if result.shape[0] >= 3 else ring[:0]
-
-
 def split_pinches(ring: np.ndarray) -> list[np.ndarray]:
     """A ring that visits a point twice (a region touching itself at a pixel corner) as
     simple rings: each loop between two visits is cut out as a ring of its own."""
@@ -249,19 +218,23 @@ def polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[list[np.ndarray]]
     by Douglas-Peucker and rings that collapse are dropped (a dropped outer ring drops its
     holes)."""
     rings = trace(mask)
+    pieces: list[np.ndarray] = []
+    roles: list[tuple[int, bool]] = []  # (traced ring, outer)
+    for k in range(rings.areas.size):
+        ring = rings.ring(k)
+        split = split_pinches(ring) if rings.pinched[k] else [ring]
+        for piece in split:
+            positive = ring_area(piece) > 0 if len(split) > 1 else rings.areas[k] > 0
+            pieces.append(piece)
+            roles.append((k, bool(positive)))
     outer: dict[int, list[np.ndarray]] = {}
     holes: dict[int, list[np.ndarray]] = {}
-    for k in range(rings.areas.size):
+    for piece, (k, positive) in zip(simplify_rings(pieces, tolerance), roles, strict=True):
+        if piece.shape[0] < 3:
+            continue
         parent = int(rings.parents[k])
-        ring = rings.ring(k)
-        pieces = split_pinches(ring) if rings.pinched[k] else [ring]
-        for piece in pieces:
-            simple = simplify_ring(piece, tolerance)
-            if simple.shape[0] < 3:
-                continue
-            positive = ring_area(piece) > 0 if len(pieces) > 1 else rings.areas[k] > 0
-            if positive and parent == k and k not in outer:
-                outer[k] = [simple]
-            else:
-                holes.setdefault(parent, []).append(simple)
+        if positive and parent == k and k not in outer:
+            outer[k] = [piece]
+        else:
+            holes.setdefault(parent, []).append(piece)
     return [ring_list + holes.get(k, []) for k, ring_list in outer.items()]
