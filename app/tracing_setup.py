@@ -22,7 +22,7 @@ from app.tracing import traced_request
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
-    from opentelemetry.trace import TracerProvider
+    from opentelemetry.trace import Span, TracerProvider
 
 log = logging.getLogger("segserve")
 OTLP_PROTOCOLS = ("http/protobuf", "grpc")
@@ -53,6 +53,13 @@ class TracingMiddleware:
         if scope["type"] != "http" or (self.excluded and self.excluded.search(scope["path"])):
             await self.app(scope, receive, send)
             return
+        outer = getattr(scope.get("fastapi.telemetry"), "span", None)
+        if outer is not None and outer.is_recording():
+            # FastAPI's own telemetry (a global tracer provider) made the server span: the
+            # stages go under it, and no second server span is made.
+            with traced_request(self.tracer, outer):
+                await self.app(scope, receive, self.recording_request_id(outer, send))
+            return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         method = scope["method"]
         attributes: dict[str, Any] = {
@@ -70,18 +77,15 @@ class TracingMiddleware:
         )
         status = 500
 
-        async def send_traced(message: Message) -> None:
+        async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                for key, value in message.get("headers", []):
-                    if key.lower() == b"x-request-id":
-                        request_span.set_attribute("segserve.request_id", value.decode("latin-1"))
             await send(message)
 
         try:
             with traced_request(self.tracer, request_span), self.use_span(request_span):
-                await self.app(scope, receive, send_traced)
+                await self.app(scope, receive, self.recording_request_id(request_span, send_status))
         finally:
             route = getattr(scope.get("route"), "path", None)
             if route:
@@ -91,6 +95,19 @@ class TracingMiddleware:
             if status >= 500:
                 request_span.set_status(self.error, f"HTTP {status}")
             request_span.end()
+
+    @staticmethod
+    def recording_request_id(request_span: Span, send: Send) -> Send:
+        """`send`, noting the X-Request-ID the app answers with on the request's span."""
+
+        async def send_noting(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                for key, value in message.get("headers", []):
+                    if key.lower() == b"x-request-id":
+                        request_span.set_attribute("segserve.request_id", value.decode("latin-1"))
+            await send(message)
+
+        return send_noting
 
     def flushing(self, send: Send) -> Send:
         async def send_after_flush(message: Message) -> None:
@@ -194,14 +211,27 @@ def excluded_paths(environ: Mapping[str, str]) -> re.Pattern[str] | None:
         return None
 
 
+def configured_global_provider() -> TracerProvider | None:
+    """The global tracer provider, unless it is OpenTelemetry's unconfigured placeholder."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        return None
+    return provider
+
+
 def install_tracing(
     app: Any, provider: TracerProvider | None = None, environ: Mapping[str, str] | None = None
 ) -> bool:
-    """Trace `app`'s requests with `provider`, or with one from the OTEL_* settings; adds
-    nothing (no cost) when neither asks for traces. Call after the other middleware: the
-    request span then covers them all."""
+    """Trace `app`'s requests with `provider`; else with the global tracer provider when
+    one is configured (`opentelemetry-instrument`, or the application's own set-up); else
+    with one from the OTEL_* settings. Adds nothing (no cost) when none asks for traces.
+    Call after the other middleware: the request span then covers them all."""
     environ = os.environ if environ is None else environ
-    provider = provider or provider_from(environ)
+    provider = provider or configured_global_provider() or provider_from(environ)
     if provider is None:
         return False
     app.add_middleware(TracingMiddleware, provider=provider, excluded=excluded_paths(environ))

@@ -296,6 +296,76 @@ def test_serves_without_opentelemetry_imported(
     assert ("segserve[tracing]" in done.stderr) == (otel == "blocked")
 
 
+GLOBAL_PROVIDER = """
+import json, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from fastapi.testclient import TestClient
+from app.config import Settings
+from app.main import create_app
+from tests.app.conftest import png_bytes, wait_ready
+from tests.app.test_tracing import STRIPES, TILED, TRACEPARENT
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)  # as opentelemetry-instrument does
+settings = Settings(model_dir=sys.argv[1], intra_op_threads=1, tile_batch=4)
+with TestClient(create_app(settings)) as client:
+    wait_ready(client)
+    exporter.clear()
+    response = client.post(
+        TILED, content=png_bytes(STRIPES),
+        headers={"content-type": "image/png", "traceparent": TRACEPARENT},
+    )
+    assert response.status_code == 200, response.text
+spans = [
+    {
+        "name": s.name, "kind": s.kind.name, "id": s.context.span_id,
+        "trace": f"{s.context.trace_id:032x}", "parent": s.parent and s.parent.span_id,
+        "attributes": dict(s.attributes or {}),
+    }
+    for s in exporter.get_finished_spans()
+]
+print(json.dumps({"request_id": response.headers["x-request-id"], "spans": spans}))
+"""
+
+
+def test_a_configured_global_provider_is_used_without_a_second_server_span(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under `opentelemetry-instrument` (a global SDK provider), FastAPI's own telemetry
+    makes the server span: the stages go under it, with the request id and model on it."""
+    for name in [n for n in os.environ if n.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    done = subprocess.run(
+        [sys.executable, "-c", GLOBAL_PROVIDER, str(model_dir)],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    spans = result["spans"]
+    assert {s["trace"] for s in spans} == {TRACE_ID}
+    (server,) = [s for s in spans if s["kind"] == "SERVER"]
+    assert server["parent"] == int(CALLER_SPAN, 16)
+    assert server["attributes"]["segserve.request_id"] == result["request_id"]
+    assert server["attributes"]["segserve.model.name"] == "tiny-grey"
+    ids = {s["id"]: s for s in spans}
+
+    def under_server(span: dict[str, Any]) -> bool:
+        while span["parent"] in ids:
+            span = ids[span["parent"]]
+        return span is server
+
+    stages = [s for s in spans if s["name"] in ("decode", "preprocess", "tile_batch", "encode")]
+    assert sorted(s["name"] for s in stages) == [
+        "decode", "encode", "preprocess", "tile_batch", "tile_batch", "tile_batch",
+    ]  # fmt: skip
+    assert all(under_server(s) for s in stages)
+
+
 class Receiver(ThreadingHTTPServer):
     """A minimal OTLP/HTTP trace receiver: POST /v1/traces, protobuf bodies."""
 
