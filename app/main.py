@@ -31,6 +31,7 @@ from app.observability import (
     RequestContextMiddleware,
     configure_logging,
 )
+from app.tracing_setup import install_tracing
 
 log = logging.getLogger("segserve")
 
@@ -110,6 +111,7 @@ def create_app(
         metrics=app_metrics,
         known_models=lambda: {e.name for e in registry.served()},
     )
+    install_tracing(app)  # outermost: the request span covers every middleware; off unless OTEL_*
     for module in (health, models, segment, jobs_routes, labelstudio, metrics, v2, web):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
