@@ -27,6 +27,9 @@ RASTER_TYPE_KEY = 1025  # GTRasterTypeGeoKey: 1 PixelIsArea, 2 PixelIsPoint
 GEOGRAPHIC_TYPE_KEY = 2048
 PROJECTED_TYPE_KEY = 3072
 USER_DEFINED = 32767
+# No real map coordinate or pixel size comes near this; larger values (and the overflow to
+# infinity they could cause once multiplied by a pixel position) are refused.
+MAX_MAGNITUDE = 1e15
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,8 @@ def _numbers(value: Any) -> list[float] | None:
         numbers = [float(item) for item in items]
     except (TypeError, ValueError):
         return None
-    return numbers if all(math.isfinite(n) for n in numbers) else None
+    usable = all(math.isfinite(n) and abs(n) <= MAX_MAGNITUDE for n in numbers)
+    return numbers if usable else None
 
 
 def _from_tags(tags: dict[int, Any]) -> GeoReference | None:

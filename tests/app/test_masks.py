@@ -307,6 +307,45 @@ def test_geotiff_polygons_are_in_map_coordinates(
         assert iou(back, expected == feature["id"]) >= 0.999  # float rounding at most
 
 
+def tagged_tiff(tags: dict[int, tuple[int, tuple[float, ...] | int]]) -> bytes:
+    """A TIFF with GeoTIFF tags written by Pillow (type 12 DOUBLE, 3 SHORT)."""
+    from PIL import TiffImagePlugin
+
+    directory = TiffImagePlugin.ImageFileDirectory_v2()
+    for tag, (kind, value) in tags.items():
+        directory[tag] = value
+        directory.tagtype[tag] = kind
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((4, 6), np.uint8)).save(buffer, format="TIFF", tiffinfo=directory)
+    return buffer.getvalue()
+
+
+SCALE = {33550: (12, (2.0, 3.0, 0.0)), 33922: (12, (0.0, 0.0, 0.0, 100.0, 200.0, 0.0))}
+
+
+def test_pixel_is_point_shifts_half_a_pixel_like_gdal() -> None:
+    keys = (1, 1, 0, 2, 1025, 0, 1, 2, 3072, 0, 1, 32633)  # PixelIsPoint, EPSG:32633
+    georef = read_georeference(tagged_tiff({**SCALE, 34735: (3, keys)}))
+    assert georef is not None and georef.epsg == 32633
+    # The tie point (100, 200) is pixel (0, 0)'s centre, at pixel-edge coordinates (0.5, 0.5).
+    assert (georef.a, georef.c, georef.e, georef.f) == (2.0, 99.0, -3.0, 201.5)
+    area = read_georeference(tagged_tiff({**SCALE, 34735: (3, keys[:4] + keys[8:])}))
+    assert area is not None and (area.c, area.f) == (100.0, 200.0)
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {33550: (12, (1e300, 3.0, 0.0)), 33922: SCALE[33922]},  # would overflow to infinity
+        {**SCALE, 274: (3, 6)},  # rotated by its orientation tag: the decoder turns the pixels
+        {33550: SCALE[33550]},  # no tie point
+        {**SCALE, 33550: (12, (0.0, 0.0, 0.0))},  # a singular transform
+    ],
+)
+def test_unusable_georeferencing_is_ignored(tags: dict[int, tuple[int, tuple[float, ...]]]) -> None:
+    assert read_georeference(tagged_tiff(tags)) is None
+
+
 def test_plain_tiff_and_png_stay_in_pixel_coordinates(tmp_path: Path) -> None:
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(buffer, format="TIFF")

@@ -18,8 +18,9 @@ import numpy as np
 from app.imaging.georef import GeoReference
 from app.imaging.masks.polygons import polygons
 
-# JSON bytes of one point: "[x,y]," with two '%.12g' numbers (at most 18 characters each).
-MAP_POINT_BYTES = 2 * 18 + 4
+# JSON bytes of one point: "[x,y]," with two '%.12g' numbers (at most 19 characters each,
+# as in -1.23456789012e+24).
+MAP_POINT_BYTES = 2 * 19 + 4
 FEATURE_OVERHEAD_BYTES = 400
 FLOAT_FORMAT = "%.12g"
 
