@@ -18,7 +18,7 @@ from PIL import Image
 from app.config import Settings
 from app.imaging.georef import read_georeference
 from app.imaging.masks.coco import coco_entries, coco_size_bound
-from app.imaging.masks.geojson import feature_collection, geojson_size_bound
+from app.imaging.masks.geojson import corner_visits, feature_collection, geojson_size_bound
 from app.imaging.masks.polygons import polygons, trace
 from app.imaging.masks.simplify import simplify_rings
 from app.main import create_app
@@ -366,6 +366,13 @@ def test_size_bounds_hold(labels: np.ndarray) -> None:
     assert len(coco_document(labels, classes, header)) <= coco_size_bound(labels, len(classes))
     exact = feature_collection(labels, classes, 0.0, None, header)
     assert len(exact) <= geojson_size_bound(labels, len(classes), False)
+
+
+@pytest.mark.parametrize("labels", all_maps(), ids=lambda m: f"{m.shape}")
+def test_corner_count_is_the_traced_point_count(labels: np.ndarray) -> None:
+    """The GeoJSON size estimate counts exactly the points tracing gives, band by band."""
+    points = sum(r.shape[0] for c in np.unique(labels) for p in polygons(labels == c) for r in p)
+    assert corner_visits(labels, rows_per_band=3) == corner_visits(labels) == points
 
 
 def test_answer_budget_refuses_before_building(tmp_path: Path) -> None:

@@ -29,13 +29,16 @@ def corner_visits(labels: np.ndarray, rows_per_band: int = 512) -> int:
     """How many ring points exact tracing gives, over every class together, counted from the
     2x2 blocks around each pixel corner without tracing: a class found once or three times
     in a block turns there once, a class on two diagonal pixels twice."""
-    height = labels.shape[0]
-    padded = np.pad(labels.astype(np.int32), 1, constant_values=-1)
+    height, width = labels.shape
     visits3 = 0  # three times the visits: a class found three times adds 1/3 per pixel
     for top in range(0, height + 1, rows_per_band):
-        bottom = min(top + rows_per_band, height + 1)
-        tl, tr = padded[top:bottom, :-1], padded[top:bottom, 1:]
-        bl, br = padded[top + 1 : bottom + 1, :-1], padded[top + 1 : bottom + 1, 1:]
+        bottom = min(top + rows_per_band, height + 1)  # corner rows top..bottom-1
+        # Label rows top-1..bottom-1 with a border of -1 (outside the image), as int16.
+        band = np.full((bottom - top + 1, width + 2), -1, np.int16)
+        first, last = max(top - 1, 0), min(bottom, height)
+        band[first - top + 1 : last - top + 1, 1:-1] = labels[first:last]
+        tl, tr = band[:-1, :-1], band[:-1, 1:]
+        bl, br = band[1:, :-1], band[1:, 1:]
         for p, q, r, s in ((tl, tr, bl, br), (tr, tl, br, bl), (bl, br, tl, tr), (br, bl, tr, tl)):
             # s is p's diagonal partner, q and r the others.
             count = 1 + (p == q) + (p == r) + (p == s)
