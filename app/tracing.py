@@ -88,9 +88,13 @@ class SpanQueue:
         self.active = active
         self.open: deque[Span] = deque()
 
-    def start(self, name: str, attributes: Attributes | None = None) -> None:
+    def start(
+        self, name: str, attributes: Callable[..., Attributes] | None = None, *args: Any
+    ) -> None:
+        """Start a span; its attributes are `attributes(*args)`, computed only if traced."""
         if self.active is not None:
-            self.open.append(self.active.tracer.start_span(name, attributes=attributes))
+            values = attributes(*args) if attributes is not None else None
+            self.open.append(self.active.tracer.start_span(name, attributes=values))
 
     def bind(self, fn: Callable[..., T]) -> Callable[..., T]:
         """`fn` run, in any thread, with the newest started span current."""
@@ -110,6 +114,9 @@ class SpanQueue:
             self.end_oldest()
 
 
+_IDLE_QUEUE = SpanQueue(None)  # untraced: shared, it never holds a span
+
+
 def _within(current: Span, fn: Callable[..., T], *args: Any) -> T:
     from opentelemetry import trace
 
@@ -118,7 +125,8 @@ def _within(current: Span, fn: Callable[..., T], *args: Any) -> T:
 
 
 def span_queue() -> SpanQueue:
-    return SpanQueue(_ACTIVE.get())
+    active = _ACTIVE.get()
+    return _IDLE_QUEUE if active is None else SpanQueue(active)
 
 
 def annotate(attributes: Attributes) -> None:

@@ -267,7 +267,7 @@ def segment_tiled(
                 raise Stopped(f"stopped after {first} of {len(corners)} tiles")
             chunk = corners[first : first + plan.batch]
             batch = buffers[k % len(buffers)]
-            spans.start("tile_batch", tile_batch_attributes(first, chunk, plan.batch, len(corners)))
+            spans.start("tile_batch", tile_batch_attributes, first, chunk, plan.batch, len(corners))
             tick = time.perf_counter()
             for i, (y, x) in enumerate(chunk):
                 normalise(source.tile(y, x, tile_h, tile_w), spec, out=batch[i])
