@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.body import read_limited
 from app.api.deps import AdmissionDep, ExecutorDep, RegistryDep, SettingsDep
+from app.api.routes.segment import inline_schema
 from app.config import Settings
 from app.errors import PROBLEM_CONTENT, AnswerTooLarge, BadInferenceRequest, InvalidParameter
 from app.imaging.decode import decode_image
@@ -89,7 +90,17 @@ async def health(registry: RegistryDep, name: ModelName) -> dict[str, Any]:
     return {"status": "UP", "model_class": "segserve", "model_version": model_version(model)}
 
 
-@router.post("/setup", summary="Label Studio ML backend: check a project", responses=ERRORS)
+@router.post(
+    "/setup",
+    summary="Label Studio ML backend: check a project",
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline_schema(SetupRequest)}},
+        }
+    },
+)
 async def setup(
     request: Request, registry: RegistryDep, settings: SettingsDep, name: ModelName
 ) -> dict[str, Any]:
@@ -111,6 +122,12 @@ async def setup(
     "no other URL is ever fetched (SSRF).",
     response_class=Response,
     responses={200: {"content": {"application/json": {}}}, **ERRORS},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline_schema(PredictRequest)}},
+        }
+    },
 )
 async def predict(
     request: Request,
