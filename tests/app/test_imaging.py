@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, features
 
 from app.errors import InvalidImage, PayloadTooLarge
 from app.imaging.decode import decode_image, to_channels
@@ -217,6 +217,16 @@ HOSTILE_FILES = {
 def test_files_that_break_pillow_plugins_are_invalid_images(data: bytes) -> None:
     with pytest.raises(InvalidImage):
         decode_image(data, 10**6)
+
+
+@pytest.mark.skipif(not features.check("avif"), reason="Pillow built without AVIF")
+def test_avif_that_breaks_its_plugin_is_invalid() -> None:
+    """AVIF is not accepted, so its plugin (RuntimeError on this file) never sees it."""
+    avif = bytearray(encoded(Image.fromarray(RGB), "AVIF"))
+    box = avif.index(b"pitm") - 4  # the primary item box: size, type, version+flags, id
+    avif[box + 12 : box + 14] = b"\0\0"  # primary item 0: "Missing or empty image item"
+    with pytest.raises(InvalidImage, match="not an image in a supported format"):
+        decode_image(bytes(avif), 10**6)
 
 
 def test_the_tiff_builder_makes_a_valid_file() -> None:
