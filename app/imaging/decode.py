@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 from PIL import (
@@ -70,7 +70,7 @@ class DecodedImage:
         return int(self.pixels.shape[1])
 
 
-def decode_image(data: bytes | BinaryIO, max_pixels: int) -> DecodedImage:
+def decode_image(data: bytes | IO[bytes], max_pixels: int) -> DecodedImage:
     """Decode an untrusted image file: its bytes, or a seekable binary file positioned at 0.
 
     Anything the file makes Pillow raise is the client's bad image (InvalidImage, 400);
@@ -115,7 +115,7 @@ def _decode_opened(opened: Image.Image, max_pixels: int) -> DecodedImage:
     return DecodedImage(pixels, file_format, mode)
 
 
-def _is_empty(source: BinaryIO) -> bool:
+def _is_empty(source: IO[bytes]) -> bool:
     start = source.tell()
     empty = not source.read(1)
     source.seek(start)
