@@ -102,7 +102,8 @@ def request_images(tensors: Mapping[str, Any], settings: Settings) -> list[np.nd
 
 def check_output_name(name: str) -> None:
     if name not in OUTPUTS:
-        raise BadInferenceRequest(f"unknown output {name!r}; outputs are {list(OUTPUTS)}")
+        shown = name if len(name) <= 64 else name[:64] + "..."
+        raise BadInferenceRequest(f"unknown output {shown!r}; outputs are {list(OUTPUTS)}")
 
 
 def wanted_outputs(request: InferenceRequest) -> Wanted:

@@ -266,3 +266,11 @@ def test_v2_work_stops_between_images_once_abandoned(budget_client: TestClient) 
     stop.set()
     with pytest.raises(Stopped, match="0 of 3"):
         _infer(entry, request, tensors, settings, stop)
+
+
+def test_an_unknown_output_name_is_not_echoed_whole(budget_client: TestClient) -> None:
+    body = {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 8, 8, 1],
+                        "data": [0] * 64}], "outputs": [{"name": "x" * 60_000}]}  # fmt: skip
+    response = budget_client.post("/v2/models/tiny-grey/infer", json=body)
+    assert response.status_code == 400
+    assert len(response.content) < 500 and "unknown output" in response.json()["error"]
