@@ -14,7 +14,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from PIL import Image, TiffImagePlugin
 
@@ -56,7 +56,7 @@ class GeoReference:
         }
 
 
-def read_georeference(source: bytes | BinaryIO) -> GeoReference | None:
+def read_georeference(source: bytes | IO[bytes]) -> GeoReference | None:
     """The upload's georeferencing, or None (not a TIFF, no usable tags, a rotated or
     flipped orientation, or anything unreadable: the polygons stay in pixel coordinates).
     A file object is read from its start and left where it was."""
