@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.client_jobs import JOB_FORMATS, add_job_command, needs_job, run_job
 from app.imaging.media_types import IMAGE_MEDIA_TYPES
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 SUFFIX = {"png": ".png", "overlay": ".overlay.png", "confidence": ".confidence.png",
-          "json": ".json", "coco": ".coco.json", "geojson": ".geojson"}  # fmt: skip
+          "json": ".json", "coco": ".coco.json", "geojson": ".geojson", "tiff": ".tif"}  # fmt: skip
 API_KEY_ENV = "SEGSERVE_API_KEY"
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def segment_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from segserve import SegserveError, TransportError
+    from segserve import JobFailed, SegserveError, TransportError
     from segserve.batch import run_batch
 
     if args.concurrency < 1:
@@ -106,6 +107,26 @@ def cmd_segment(args: argparse.Namespace) -> int:
             print(f"segserve segment: cannot create {args.out_dir}: {exc}", file=sys.stderr)
             return 2
 
+        # Files past one request's limits (or all, with --job) go through jobs, one at a time.
+        jobs = [f for f in files if args.job or args.format == "tiff" or needs_job(f)]
+        if jobs and args.format not in JOB_FORMATS:
+            print(
+                f"segserve segment: {len(jobs)} file(s) need a job, whose results are "
+                f"{', '.join(JOB_FORMATS)}; not --format {args.format}",
+                file=sys.stderr,
+            )
+            return 2
+        for source in jobs:
+            try:
+                run_job(
+                    client, source, args.model, outputs[source], args.format, params, args.quiet
+                )
+            except KeyboardInterrupt:
+                return 130
+            except (SegserveError, JobFailed) as exc:
+                failures.append((source, str(exc)))
+        files_now = [f for f in files if f not in set(jobs)]
+
         def work(source: Any) -> Path:
             answer = client.segment_raw(source, args.model, args.format, **params)
             output = outputs[source]
@@ -115,9 +136,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 raise SegserveError(f"cannot write {output}: {exc.strerror or exc}") from exc
             return output
 
-        for item in run_batch(work, files, args.concurrency, progress=not args.quiet):
+        for item in run_batch(work, files_now, args.concurrency, progress=not args.quiet):
             if item.error is not None:
-                failures.append((files[item.index], str(item.error)))
+                failures.append((files_now[item.index], str(item.error)))
     elapsed = time.perf_counter() - started
     print(f"{len(files) - len(failures)} of {len(files)} images segmented with {args.model} "
           f"in {elapsed:.1f} s, results in {args.out_dir}")  # fmt: skip
@@ -190,7 +211,10 @@ def add_client_commands(commands: Any) -> None:
     segment.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
     segment.add_argument("--alpha", type=float, help="overlay opacity (0.5)")
     segment.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    job_help = "send every file as a job (files past one request's limits always are)"
+    segment.add_argument("--job", action="store_true", help=job_help)
     segment.set_defaults(handler=cmd_segment)
+    add_job_command(commands, with_url)
     models = with_url(commands.add_parser("models", help="list the served models"), 10)
     models.add_argument("--json", action="store_true", help="the raw /v1/models answer")
     models.set_defaults(handler=cmd_models)

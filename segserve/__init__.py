@@ -25,6 +25,7 @@ from segserve.errors import (
     UnsupportedMediaType,
 )
 from segserve.images import ImageInput
+from segserve.jobs import JobFailed, Jobs
 from segserve.retry import RetryPolicy
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "InputError",
     "InvalidParameter",
     "Item",
+    "JobFailed",
+    "Jobs",
     "NotFound",
     "ParamValue",
     "PayloadTooLarge",

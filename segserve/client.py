@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from segserve.batch import Item, run_batch
 from segserve.errors import TransportError, UnexpectedAnswer, service_error
 from segserve.images import ImageInput, class_map, image_body
+from segserve.jobs import Jobs
 from segserve.retry import RetryPolicy, parse_retry_after
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -256,6 +257,11 @@ class Client:
 
         items = list(run_batch(work, list(images), concurrency, progress))
         return sorted(items, key=lambda item: item.index)
+
+    @property
+    def jobs(self) -> Jobs:
+        """Jobs: submit, wait with a progress bar, fetch results (segserve.jobs)."""
+        return Jobs(self)
 
     def models(self) -> list[dict[str, Any]]:
         """The served models with their metadata (GET /v1/models)."""
