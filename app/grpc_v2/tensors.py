@@ -18,7 +18,7 @@ import numpy as np
 from app.config import Settings
 from app.errors import BadInferenceRequest, PayloadTooLarge
 from app.grpc_v2 import grpc_predict_v2_pb2 as pb
-from app.service.v2_infer import INPUTS, ONE_INPUT, Wanted, check_output_name
+from app.service.v2_infer import INPUTS, ONE_INPUT, Wanted, check_output_name, shown
 
 MAX_DIMS = 8
 DATATYPES = {"image": "UINT8", "image_bytes": "BYTES"}
@@ -36,11 +36,13 @@ def input_tensors(request: pb.ModelInferRequest, settings: Settings) -> dict[str
     tensor = inputs[0]
     if tensor.datatype != DATATYPES[tensor.name]:
         raise BadInferenceRequest(
-            f"{tensor.name!r} must be a {DATATYPES[tensor.name]} tensor, not {tensor.datatype!r}"
+            f"{tensor.name!r} must be a {DATATYPES[tensor.name]} tensor, "
+            f"not {shown(tensor.datatype)!r}"
         )
     shape = list(tensor.shape)
     if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
-        raise BadInferenceRequest(f"{tensor.name!r} has an invalid shape {shape}")
+        described = f"shape {shape}" if len(shape) <= MAX_DIMS else f"{len(shape)} dimensions"
+        raise BadInferenceRequest(f"{tensor.name!r} has an invalid shape: {described}")
     count = math.prod(shape)
     raw = request.raw_input_contents
     if raw:

@@ -38,6 +38,12 @@ class V2Result:
     inference_ms: float  # session time over every image
 
 
+def shown(text: str, limit: int = 64) -> str:
+    """A client's name as echoed in an error: cut to `limit` characters (names come from
+    request bodies and gRPC messages of up to SEG_MAX_UPLOAD_BYTES)."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def find_model(registry: ModelRegistry, name: str, version: str | None = None) -> ModelEntry:
     """The served model of that name (and version, when given); 404 otherwise."""
     for entry in registry.served():
@@ -45,7 +51,9 @@ def find_model(registry: ModelRegistry, name: str, version: str | None = None) -
             version is None or (entry.spec and entry.spec.version == version)
         ):
             return entry
-    raise ModelNotFound(f"unknown model {name!r}" + (f" version {version!r}" if version else ""))
+    raise ModelNotFound(
+        f"unknown model {shown(name)!r}" + (f" version {shown(version)!r}" if version else "")
+    )
 
 
 def model_metadata(entry: ModelEntry) -> dict[str, Any]:
@@ -102,8 +110,7 @@ def request_images(tensors: Mapping[str, Any], settings: Settings) -> list[np.nd
 
 def check_output_name(name: str) -> None:
     if name not in OUTPUTS:
-        shown = name if len(name) <= 64 else name[:64] + "..."
-        raise BadInferenceRequest(f"unknown output {shown!r}; outputs are {list(OUTPUTS)}")
+        raise BadInferenceRequest(f"unknown output {shown(name)!r}; outputs are {list(OUTPUTS)}")
 
 
 def wanted_outputs(request: InferenceRequest) -> Wanted:

@@ -314,6 +314,17 @@ def test_malformed_messages_are_invalid_arguments(
     assert "is not a valid" in (caught.value.details() or "")
 
 
+def test_long_names_are_cut_in_errors(client: triton.InferenceServerClient) -> None:
+    """A name of a megabyte is not echoed whole into the status details (a header)."""
+    pixels = [image_input(noise((1, 8, 8, 1)))]
+    code, message = status(lambda: client.infer("m" * 1_000_000, pixels))
+    assert code == "StatusCode.NOT_FOUND" and len(message) < 200
+    tensor = triton.InferInput("image", [1, 8, 8, 1], "X" * 1_000_000)
+    tensor._raw_content = bytes(64)  # tritonclient sends any datatype name as given
+    code, message = status(lambda: client.infer("tiny-grey", [tensor]))
+    assert code == "StatusCode.INVALID_ARGUMENT" and len(message) < 200
+
+
 # API keys.
 
 
