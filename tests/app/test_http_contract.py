@@ -25,6 +25,7 @@ UPLOAD_LIMIT = 300_000
 def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     directory: Path = tmp_path_factory.mktemp("strict")
     write_model(directory, "threshold", "tiny-grey")
+    write_model(directory, "threshold", "tiny-grey8", size_multiple=8)
     settings = Settings(
         model_dir=directory,
         intra_op_threads=1,
@@ -71,6 +72,7 @@ def test_v2_routes_with_a_version_answer_only_for_the_served_version(strict: Tes
     assert served.status_code == 200
     assert served.json()["model_version"] == "0.0.1"
     assert served.json()["outputs"][0]["data"] == [1, 1, 0, 0]
+    assert served.json()["outputs"][0]["datatype"] == "UINT8"
     for wrong in ("0.0.2", "1", "0.0.1x"):
         for response in (
             strict.get(f"{base}/{wrong}"),
@@ -141,3 +143,59 @@ def test_a_truncated_image_is_a_400_carrying_the_decoders_reason(strict: TestCli
     assert response.json()["detail"] == (
         "the image data is truncated or corrupt: image file is truncated"
     )
+
+
+def test_the_padded_size_counts_against_max_pixels(strict: TestClient) -> None:
+    grey = np.zeros((40, 49), np.uint8)  # 1960 pixels, 40 x 56 = 2240 padded to 8
+    assert segment(strict, png_bytes(grey))[0] == 200
+    response = strict.post("/v1/models/tiny-grey8/segment", content=png_bytes(grey), headers=PNG)
+    assert response.status_code == 413
+    assert "49x40 pixels, 56x40 padded" in response.json()["detail"]
+    fits = strict.post(
+        "/v1/models/tiny-grey8/segment", content=png_bytes(grey[:, :48]), headers=PNG
+    )
+    assert fits.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def budgeted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    directory: Path = tmp_path_factory.mktemp("budgeted")
+    write_model(directory, "threshold", "tiny-grey")
+    settings = Settings(model_dir=directory, intra_op_threads=1, max_answer_bytes=1200)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("query", "fits", "too_big", "detail"),
+    [
+        ("format=png", (30, 40), (1, 1201), "a PNG of 1201x1 would be about 1201 bytes; the "
+         "limit is 1200 (SEG_MAX_ANSWER_BYTES)"),
+        ("format=confidence", (30, 40), (1, 1201), "(SEG_MAX_ANSWER_BYTES)"),
+        ("format=overlay", (20, 20), (1, 401), "an overlay of 401x1 would be about 1203 bytes; "
+         "the limit is 1200 (SEG_MAX_ANSWER_BYTES); use format=png"),
+    ],
+)  # fmt: skip
+def test_the_answer_budget_is_exact(
+    budgeted: TestClient,
+    query: str,
+    fits: tuple[int, int],
+    too_big: tuple[int, int],
+    detail: str,
+) -> None:
+    url = f"/v1/models/tiny-grey/segment?{query}"
+    ok = budgeted.post(url, content=png_bytes(np.zeros(fits, np.uint8)), headers=PNG)
+    assert ok.status_code == 200, ok.text
+    refused = budgeted.post(url, content=png_bytes(np.zeros(too_big, np.uint8)), headers=PNG)
+    assert refused.status_code == 413
+    assert refused.json()["detail"].endswith(detail)
+
+
+def test_list_encoding_up_to_its_pixel_cap(budgeted: TestClient) -> None:
+    url = "/v1/models/tiny-grey/segment?format=json&encoding=list"
+    ok = budgeted.post(url, content=png_bytes(np.zeros((256, 256), np.uint8)), headers=PNG)
+    assert ok.status_code == 200 and len(ok.json()["class_map"]["rows"]) == 256
+    over = budgeted.post(url, content=png_bytes(np.zeros((1, 65537), np.uint8)), headers=PNG)
+    assert over.status_code == 422
+    assert "encoding=list is limited to 65536 pixels" in over.json()["detail"]

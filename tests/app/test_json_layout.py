@@ -59,7 +59,8 @@ def test_fractions_are_rounded_to_six_places_and_timings_to_three(
         ("dark", 2, 0.666667),
     ]
     timings = document["timings_ms"]
-    assert isinstance(timings, dict) and {"decode", "inference", "encode"} <= set(timings)
+    assert isinstance(timings, dict)
+    assert set(timings) == {"decode", "preprocess", "inference", "encode"}
     for value in timings.values():
         assert 0 <= value < 60_000
         assert value == round(value, 3)
@@ -84,3 +85,17 @@ def test_softmax_is_shifted_by_each_pixels_own_maximum() -> None:
     batch = softmax(logits[None], axis=1)
     np.testing.assert_allclose(batch[0], p, rtol=1e-6)
     assert p.dtype == np.float32
+
+
+@pytest.mark.parametrize("query", ["", "tiling=on&tile_size=64&tile_overlap=8"])
+def test_server_timing_names_every_stage_in_milliseconds(
+    probe_client: TestClient, query: str
+) -> None:
+    grey = np.random.default_rng(7).integers(0, 256, (100, 90), dtype=np.uint8)
+    response = probe_client.post(
+        f"/v1/models/tiny-grey/segment?{query}", content=png_bytes(grey), headers=PNG
+    )
+    assert response.status_code == 200
+    stages = dict(part.split(";dur=") for part in response.headers["server-timing"].split(", "))
+    assert set(stages) == {"decode", "preprocess", "inference", "encode"}
+    assert all(0 <= float(value) < 60_000 for value in stages.values())
