@@ -69,7 +69,7 @@ def run_session(
         "session_run",
         {
             "segserve.output": output,
-            "segserve.input_shape": list(x.shape),
+            "segserve.input_shape": "x".join(map(str, x.shape)),
             "segserve.batchable": batchable,
         },
     ):

@@ -35,7 +35,6 @@ from app.inference.pipeline import (
     normalise,
     padded_channels,
     run_probabilities,
-    run_session,
 )
 from app.inference.registry import ModelEntry
 from app.spec import ModelSpec
@@ -171,13 +170,14 @@ class TileSource:
 def tile_batch_attributes(
     first: int, chunk: list[tuple[int, int]], batch: int, total: int
 ) -> dict[str, object]:
-    """A tile batch's span attributes: its index, its tiles' indices (row-major) and corners."""
+    """A tile batch's span attributes: its index, its tiles' indices (row-major) and the
+    first one's top-left corner (sequences are kept short: the SDK checks every element)."""
     return {
         "segserve.tile_batch": first // batch,
         "segserve.tiles.count": len(chunk),
         "segserve.tiles.total": total,
         "segserve.tiles.indices": list(range(first, first + len(chunk))),
-        "segserve.tiles.corners": [f"{y},{x}" for y, x in chunk],
+        "segserve.tiles.first_corner": f"{chunk[0][0]},{chunk[0][1]}",
     }
 
 
@@ -219,7 +219,8 @@ def segment_tiled(
 
     def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if use_labels_output and spec.labels_output:
-            return run_session(model, spec.labels_output, batch, batchable=False), None
+            # one session run per tile batch: its `tile_batch` span is the run's span
+            return model.run(spec.labels_output, batch, batchable=False), None
         tile_probs = run_probabilities(model, batch, tta, batchable=False, should_stop=should_stop)
         return tile_probs.argmax(1), tile_probs
 

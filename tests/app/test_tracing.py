@@ -110,9 +110,21 @@ def test_tiled_request_joins_the_callers_trace_with_a_span_per_stage(
         assert stage.context.trace_id == server.context.trace_id
     decode = by_name(spans, "decode")[0].attributes or {}
     assert (decode["segserve.image.width"], decode["segserve.image.height"]) == (200, 150)
-    runs = by_name(spans, "session_run")  # one per batch, inside it
+    assert by_name(spans, "session_run") == []  # a tile batch is one run: its span says it
+
+    # With test-time augmentation, a batch is 8 session runs, each a span inside it (run in
+    # the pipelined case by another thread, which the batch's context is handed to).
+    exporter.clear()
+    response = client.post(
+        TILED + "&tta=true", content=png_bytes(STRIPES), headers={"content-type": "image/png"}
+    )
+    assert response.status_code == 200
+    spans = exporter.get_finished_spans()
+    batches = by_name(spans, "tile_batch")
+    runs = by_name(spans, "session_run")
+    assert len(runs) == 8 * len(batches) == 8 * math.ceil(tiles / 2)
     assert sorted(r.parent.span_id for r in runs if r.parent) == sorted(
-        b.context.span_id for b in batches
+        b.context.span_id for b in batches for _ in range(8)
     )
 
 
@@ -198,7 +210,7 @@ def test_v2_tiled_request_is_traced(traced: tuple[TestClient, InMemorySpanExport
     assert [s.name for s in children] == [
         "parse", "decode", "preprocess", "tile_batch", "tile_batch", "encode",
     ]  # fmt: skip
-    assert len(by_name(spans, "session_run")) == 2
+    assert by_name(spans, "session_run") == []
 
 
 def test_excluded_paths_are_not_traced(traced: tuple[TestClient, InMemorySpanExporter]) -> None:
