@@ -59,6 +59,7 @@ PLUGIN = """
 import inspect
 
 SLOW_CALLS = __SLOW_CALLS__
+SLOW_FILES = __SLOW_FILES__
 
 
 def _source(function):
@@ -76,12 +77,14 @@ def pytest_collection_modifyitems(config, items):
         for name in getattr(item, "fixturenames", []):
             for definition in (info.name2fixturedefs.get(name, ()) if info else ()):
                 sources.append(_source(definition.func))
-        slow = any(call in text for text in sources for call in SLOW_CALLS)
+        slow = item.path.name in SLOW_FILES or any(
+            call in text for text in sources for call in SLOW_CALLS
+        )
         (drop if slow else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
-""".replace("__SLOW_CALLS__", repr(SLOW_CALLS))
+""".replace("__SLOW_CALLS__", repr(SLOW_CALLS)).replace("__SLOW_FILES__", repr(SLOW_FILES))
 STATUS = {1: "killed", 3: "killed", 0: "survived", 36: "timeout", -24: "timeout", 24: "timeout",
           152: "timeout", 255: "timeout", 5: "no tests", 33: "no tests", 34: "skipped",
           37: "killed"}  # fmt: skip
@@ -128,7 +131,10 @@ def write_config(tree: Path, tests: list[str], files: list[str]) -> None:
     lines = ["[mutmut]", "source_paths=app/", "also_copy=", "    README.md", "    docs/"]
     lines += ["only_mutate="]
     lines += [f"    {f}" for f in files]
-    lines += ["pytest_add_cli_args_test_selection="] + [f"    {t}" for t in tests]
+    # The folder, not a list of files: a new test file leaves the configuration unchanged,
+    # so a rerun adds its stats instead of invalidating every result.
+    lines += ["pytest_add_cli_args_test_selection=", "    tests/app"]
+    lines += ["timeout_multiplier=4.0"]  # a mutant that hangs a test is a timeout, soon
     lines += ["pytest_add_cli_args=", "    -p", "    no:cacheprovider", "    -q"]
     lines += ["    -p", "    tests.mutation_plugin"]
     (tree / "tests" / "mutation_plugin.py").write_text(PLUGIN)
