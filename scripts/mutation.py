@@ -49,12 +49,14 @@ MODULES = [
     "app/spec.py",
     "app/service/*.py",
 ]
-# Tests that start a server process, a browser or schemathesis are too slow to run per
+# Tests that start a server process, a browser, schemathesis, gRPC or hypothesis are too slow per
 # mutant, and mutmut, which picks the tests per function from in-process coverage, would
 # never pick them: the plugin below deselects them by what their code and fixtures call.
 # test_config.py checks README.md against the settings: no request path.
 SLOW_FILES = ("test_web_page.py", "test_schemathesis.py", "test_config.py")
-SLOW_CALLS = ("running_server", "slow_server", "subprocess", "playwright", "schemathesis")
+SLOW_CALLS = (
+    "running_server", "slow_server", "subprocess", "playwright", "schemathesis", "@given", "grpc",
+)  # fmt: skip
 PLUGIN = """
 import inspect
 
