@@ -1,9 +1,11 @@
 """OpenTelemetry set-up: a server span per HTTP request, and the exporters the standard
 OTEL_* settings name.
 
-Off unless those settings ask for traces (`enabled_by`); OpenTelemetry is imported only
-then, so the service runs without the `tracing` extra, and without it no middleware is
-installed: untraced requests cost nothing here. The stage spans are app/tracing.py's hooks.
+Off unless those settings ask for traces (`enabled_by`) or the process already has a
+configured global tracer provider (`opentelemetry-instrument`). OpenTelemetry's SDK and
+exporters are imported only then, so the service runs without the `tracing` extra (FastAPI
+itself needs only the API); untraced, no middleware is installed. The stage spans are
+app/tracing.py's hooks.
 """
 
 from __future__ import annotations
