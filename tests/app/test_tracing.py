@@ -435,6 +435,9 @@ def test_served_process_exports_the_tiled_trace_over_otlp(
     endpoint = f"http://127.0.0.1:{receiver.server_address[1]}"
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_SDK_DISABLED": "false",  # whatever the environment running the tests says
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_SERVICE_NAME": "segserve-under-test",
         "OTEL_PYTHON_EXCLUDED_URLS": "health/",  # running_server's readiness polls
         "SEG_TILE_BATCH": "4",
