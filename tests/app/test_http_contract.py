@@ -150,7 +150,10 @@ def test_the_padded_size_counts_against_max_pixels(strict: TestClient) -> None:
     assert segment(strict, png_bytes(grey))[0] == 200
     response = strict.post("/v1/models/tiny-grey8/segment", content=png_bytes(grey), headers=PNG)
     assert response.status_code == 413
-    assert "49x40 pixels, 56x40 padded" in response.json()["detail"]
+    assert response.json()["detail"] == (
+        "the image is 49x40 pixels, 56x40 padded to the model's size multiple 8; "
+        "the limit is 2000 pixels (SEG_MAX_PIXELS)"
+    )
     fits = strict.post(
         "/v1/models/tiny-grey8/segment", content=png_bytes(grey[:, :48]), headers=PNG
     )

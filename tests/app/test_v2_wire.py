@@ -245,3 +245,48 @@ def test_edge_values_and_unprintable_names() -> None:
     message = refused(lone)
     assert "\\ud800" in message and "is not supported" in message
     message.encode("utf-8")  # printable in a JSON answer
+
+
+def test_more_edges_a_mutation_run_found() -> None:
+    assert "declares 2147483647 elements" in refused(request(tensor("UINT8", [2**31 - 1], [1])))
+    overflowing = b'{"inputs":[{"name":"x","datatype":"UINT8","shape":[1],"data":[1e400]}]}'
+    assert "out of range for UINT8" in refused(overflowing)  # json reads 1e400 as inf
+    assert "BYTES data must be 2 strings" in refused(request(tensor("BYTES", [2], ["a"])))
+    assert repr(NAME) in refused(request(tensor("BYTES", [2], ["a"])))
+    raw = struct.pack("<I", 3) + b"abc" + struct.pack("<I", 0)  # the last element empty
+    body, length = binary(request(tensor("BYTES", [2], binary_data_size=len(raw))), raw)
+    assert parsed(body, length) == [b"abc", b""]
+    huge = struct.pack("<I", 2**31) + b"abc"
+    body, length = binary(request(tensor("BYTES", [1], binary_data_size=len(huge))), huge)
+    assert "truncated BYTES element" in refused(body, length)
+    # No Inference-Header-Content-Length: nothing binary follows the JSON.
+    message = refused(request(tensor("UINT8", [1], binary_data_size=1)))
+    assert "binary_data_size exceeds the body" in message
+    assert refused(b"{}", "9") == "Inference-Header-Content-Length does not fit the body"
+
+
+def test_validation_problems_are_listed_five_at_most() -> None:
+    message = refused(b'{"inputs":[{"name":"x"}]}')
+    assert "inputs.0.shape: Field required; inputs.0.datatype: Field required" in message
+    assert "errors.pydantic.dev" not in message
+    six = json.dumps({"inputs": [{"name": i} for i in range(3)]}).encode()  # 3 x 3 problems
+    assert refused(six).count("; ") == 4
+
+
+def deep_after_a_long_string(levels: int) -> bytes:
+    """20 open lists, a string of 2**20 brackets (the nesting scan's chunks end inside it),
+    then `levels` more lists: quotes and depth must carry across the chunks."""
+    inner = "[" * levels + "]" * levels
+    value = "[" * 20 + '"' + "[" * (1 << 20) + '",' + inner + "]" * 20
+    head = f'{{"parameters":{{"p":{value}}},'
+    return (head + '"inputs":[{"name":"x","datatype":"UINT8","shape":[1],"data":[1]}]}').encode()
+
+
+def test_nesting_scan_carries_quotes_and_depth_across_chunks() -> None:
+    parse_request(deep_after_a_long_string(MAX_JSON_DEPTH - 22), None)
+    assert "deeper" in refused(deep_after_a_long_string(MAX_JSON_DEPTH - 21))
+
+
+def test_a_string_ending_in_an_escaped_backslash_closes() -> None:
+    parse_request(nested(MAX_JSON_DEPTH, "x\\\\"), None)
+    assert "deeper" in refused(nested(MAX_JSON_DEPTH + 1, "x\\\\"))
