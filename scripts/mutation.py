@@ -5,7 +5,6 @@
     .venv/bin/python scripts/mutation.py                  # the committed HEAD
     .venv/bin/python scripts/mutation.py --worktree       # with uncommitted changes
     .venv/bin/python scripts/mutation.py --report-only    # re-read the last run
-    .venv/bin/python scripts/mutation.py --rerun-survivors  # after writing tests for them
 
 It copies the repository (HEAD, or the working tree with --worktree) into a scratch folder
 (never mutating the checkout), mutates the request-path modules (MODULES) and runs the fast
@@ -147,8 +146,7 @@ def write_config(tree: Path, tests: list[str], files: list[str]) -> None:
     lines = ["[mutmut]", "source_paths=app/", "also_copy=", "    README.md", "    docs/"]
     lines += ["only_mutate="]
     lines += [f"    {f}" for f in files]
-    # The folder, not a list of files: a new test file leaves the configuration unchanged,
-    # so a rerun adds its stats instead of invalidating every result.
+    # The folder, not a list of files; the plugin drops what is too slow.
     lines += ["pytest_add_cli_args_test_selection=", "    tests/app"]
     lines += ["timeout_multiplier=4.0"]  # a mutant that hangs a test is a timeout, soon
     lines += ["pytest_add_cli_args=", "    -p", "    no:cacheprovider", "    -q"]
@@ -290,18 +288,15 @@ def write_report(
         json.dumps(document, indent=1, ensure_ascii=False) + "\n"
     )
     dirty = " (with uncommitted changes)" if meta["dirty"] else ""
+    listed = meta.get("modules", MODULES)
+    modules = ", ".join(map(str, listed if isinstance(listed, list) else MODULES))
     out = [
         "# Mutation testing of the request path",
         "",
         f"Run {meta['date']} on commit `{meta['commit']}`{dirty} with mutmut {meta['mutmut']},"
         f" {meta.get('minutes', '?')} minutes on {meta['children']} workers;"
-        + (
-            f" the survivors rerun against the tests of `{meta['tests_commit']}`"
-            f" ({meta.get('rerun_minutes', '?')} minutes);"
-            if "tests_commit" in meta
-            else ""
-        )
-        + " `scripts/mutation.py` wrote this file.",
+        f" modules {modules};"
+        " `scripts/mutation.py` wrote this file.",
         "",
         f"**Score: {pct(score(total))} killed** ({total['killed']} killed,"
         f" {total['timeout']} timed out, {total['survived']} survived,"
@@ -332,24 +327,13 @@ def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f} %"
 
 
-def mutmut_run(tree: Path, children: int, names: list[str]) -> None:
+def mutmut_run(tree: Path, children: int) -> None:
     subprocess.run(
-        [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names],
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(children)],
         cwd=tree,
         check=False,
         env={**os.environ, "CI": ""},  # the ../shared tests skip in the scratch copy
     )
-
-
-def refresh_tests(tree: Path, worktree: bool) -> None:
-    """Replace the scratch copy's tests/ by HEAD's (or the working tree's)."""
-    fresh = Path(tempfile.mkdtemp())
-    try:
-        copy_tree(fresh, worktree)
-        shutil.rmtree(tree / "tests")
-        shutil.copytree(fresh / "tests", tree / "tests")
-    finally:
-        shutil.rmtree(fresh)
 
 
 def main() -> int:
@@ -364,54 +348,39 @@ def main() -> int:
     parser.add_argument(
         "--modules", nargs="+", default=MODULES, help="globs of the files to mutate (MODULES)"
     )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--report-only", action="store_true", help="re-read the last run")
-    mode.add_argument(
-        "--rerun-survivors",
-        action="store_true",
-        help="take the tests from HEAD (or the working tree) again and rerun only the last\n"
-        "run's survivors against them: the loop for killing survivors",
-    )
+    parser.add_argument("--report-only", action="store_true", help="re-read the last run")
     args = parser.parse_args()
     tree: Path = args.workdir
     run_file = tree / "mutation-run.json"
     started = dt.datetime.now(dt.UTC)
-    commit = git("rev-parse", "--short=12", "HEAD")
-    dirty = bool(args.worktree and git("status", "--porcelain", "--untracked-files=no"))
-    if args.report_only or args.rerun_survivors:
+    if args.report_only:
         run = json.loads(run_file.read_text())
     else:
         if tree.exists():
             shutil.rmtree(tree)
         tree.mkdir(parents=True)
         copy_tree(tree, args.worktree)
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = bool(args.worktree and git("status", "--porcelain", "--untracked-files=no"))
         run = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "commit": commit, "dirty": dirty}
     files = mutated_files(tree, args.modules)
-    if args.rerun_survivors:
-        refresh_tests(tree, args.worktree)
     tests = fast_tests(tree)
     if not args.report_only:
         write_config(tree, tests, files)
-        names = []
-        if args.rerun_survivors:
-            names = [str(s["name"]) for s in collect(tree, files)[1]]
-            print(f"rerunning {len(names)} survivors against the tests of {commit}", flush=True)
-        else:
-            print(f"mutating {len(files)} files, {len(tests)} test files, in {tree}", flush=True)
-        if names or not args.rerun_survivors:
-            mutmut_run(tree, args.max_children, names)
-        minutes = (dt.datetime.now(dt.UTC) - started).total_seconds() / 60
-        if args.rerun_survivors:
-            run["tests_commit"] = commit + (" (with uncommitted changes)" if dirty else "")
-            run["rerun_minutes"] = round(minutes, 1)
-        else:
-            run["minutes"] = round(minutes, 1)
+        print(f"mutating {len(files)} files, {len(tests)} test files, in {tree}", flush=True)
+        mutmut_run(tree, args.max_children)
+        run["minutes"] = round((dt.datetime.now(dt.UTC) - started).total_seconds() / 60, 1)
         run_file.write_text(json.dumps(run))
     counts, survivors = collect(tree, files)
     classify(survivors)
     import mutmut
 
-    meta = {**run, "mutmut": getattr(mutmut, "__version__", "3"), "children": args.max_children}
+    meta = {
+        **run,
+        "mutmut": getattr(mutmut, "__version__", "3"),
+        "children": args.max_children,
+        "modules": args.modules,
+    }
     write_report(counts, survivors, tests, meta)
     print((REPORT_DIR / "report.md").read_text().split("\n\n")[2])
     return 0
