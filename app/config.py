@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     max_pending: int = Field(
         16, ge=1, description="Inferences running or queued at once; 503 with Retry-After above."
     )
+    max_pending_pixels: int = Field(
+        2 * 8192 * 8192,
+        ge=1,
+        description="Pixels of images being segmented or queued at once, synchronous requests "
+        "and jobs' tile batches together; a request past it gets 503 with Retry-After, a job "
+        "waits (a single larger image is admitted when nothing else holds any).",
+    )
     request_timeout_s: float = Field(
         120.0, gt=0, description="Deadline per inference request (504 when exceeded)."
     )

@@ -70,7 +70,9 @@ def create_app(
         # /health/ready says 503 until every model is warm. A daemon thread, not asyncio's
         # default executor, whose threads the interpreter would wait for on exit.
         threading.Thread(target=registry.load_all, name="load-models", daemon=True).start()
-        jobs = JobManager(settings, registry)  # resumes jobs a stop or a crash interrupted
+        # Resumes the jobs a stop or a crash interrupted; runs them on the same workers and
+        # pixel budget as synchronous requests.
+        jobs = JobManager(settings, registry, executor, app.state.admission)
         app.state.jobs = jobs
         jobs.start()
         log.info(
@@ -103,7 +105,9 @@ def create_app(
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = app_metrics
-    app.state.admission = Admission(settings.max_pending, settings.request_timeout_s)
+    app.state.admission = Admission(
+        settings.max_pending, settings.request_timeout_s, pixel_limit=settings.max_pending_pixels
+    )
     install_error_handlers(app)
     install_security(app, settings)
     app.add_middleware(

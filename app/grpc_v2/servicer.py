@@ -225,8 +225,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return bool(context.cancelled())
 
         stop = threading.Event()
+        pixels = await asyncio.to_thread(v2_infer.tensor_pixels, tensors)
         response, inference_ms = await admission.run(
-            self.state.executor, work, stop, stop=stop, disconnected=gone
+            self.state.executor, work, stop, stop=stop, disconnected=gone, pixels=pixels
         )
         self.state.metrics.inference.labels(entry.name).observe(inference_ms / 1000)
         return response

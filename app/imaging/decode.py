@@ -91,6 +91,19 @@ def decode_image(data: bytes | IO[bytes], max_pixels: int) -> DecodedImage:
         return _decode_opened(opened, max_pixels)
 
 
+def declared_pixels(source: IO[bytes]) -> int:
+    """Width x height as the file's header declares it (0 when it cannot be read: decoding
+    will then say why), the file left at 0. For admission, before any pixel is decoded."""
+    try:
+        with Image.open(source, formats=OPEN_FORMATS) as opened:
+            width, height = opened.size
+    except Exception:  # an untrusted file: decode_image reports it properly
+        return 0
+    finally:
+        source.seek(0)
+    return max(int(width), 0) * max(int(height), 0)
+
+
 def _decode_opened(opened: Image.Image, max_pixels: int) -> DecodedImage:
     file_format = opened.format or ""
     if file_format not in SUPPORTED_FORMATS:

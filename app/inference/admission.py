@@ -16,20 +16,33 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from app.errors import Abandoned, DeadlineExceeded, Overloaded, ShuttingDown
+from app.inference.pipeline import Stopped
 
 T = TypeVar("T")
 
 
 class Admission:
-    def __init__(self, limit: int, timeout_s: float, retry_after_s: int = 1) -> None:
+    def __init__(
+        self,
+        limit: int,
+        timeout_s: float,
+        retry_after_s: int = 1,
+        pixel_limit: int | None = None,
+    ) -> None:
         self.limit = limit
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
+        # One budget in pixels for synchronous requests (their images, from admission until
+        # their work ends) and jobs (each tile batch while it waits for and holds a worker).
+        self.pixel_limit = pixel_limit
+        self.pixels_held = 0
+        self.pixel_condition = threading.Condition()
         self.pending = 0  # touched on the event loop only
         self.rejected = 0
         self.timed_out = 0
@@ -49,6 +62,46 @@ class Admission:
                 headers={"Retry-After": str(self.retry_after_s)},
             )
 
+    def _over_budget(self, pixels: int) -> bool:
+        # A single image larger than the budget is admitted when nothing else holds any.
+        return (
+            self.pixel_limit is not None
+            and self.pixels_held > 0
+            and self.pixels_held + pixels > self.pixel_limit
+        )
+
+    def hold_pixels(self, pixels: int) -> None:
+        """Take `pixels` of the budget for a synchronous request, or 503 at once."""
+        with self.pixel_condition:
+            if self._over_budget(pixels):
+                self.rejected += 1
+                raise Overloaded(
+                    f"{self.pixels_held} pixels are being segmented or queued "
+                    f"(SEG_MAX_PENDING_PIXELS={self.pixel_limit}); retry later",
+                    headers={"Retry-After": str(self.retry_after_s)},
+                )
+            self.pixels_held += pixels
+
+    def release_pixels(self, pixels: int) -> None:
+        with self.pixel_condition:
+            self.pixels_held -= pixels
+            self.pixel_condition.notify_all()
+
+    @contextmanager
+    def pixels_for_background(self, pixels: int, should_stop: Callable[[], bool]) -> Iterator[None]:
+        """For background work (a job's tile batch): wait, rather than fail, until `pixels`
+        fit the budget; give them back when done. Raises Stopped once `should_stop` says so."""
+        with self.pixel_condition:
+            while self._over_budget(pixels):
+                if should_stop():
+                    raise Stopped("stopped while waiting for the pixel budget")
+                self.pixel_condition.wait(0.1)
+            self.pixels_held += pixels
+        try:
+            yield
+        finally:
+            self.release_pixels(pixels)
+
     async def run(
         self,
         executor: Executor,
@@ -56,12 +109,15 @@ class Admission:
         *args: Any,
         stop: threading.Event | None = None,
         disconnected: Callable[[], Awaitable[bool]] | None = None,
+        pixels: int = 0,
     ) -> T:
         """`fn(*args)` in the executor. `stop` is set when the answer is no longer wanted;
-        `disconnected` is polled while waiting (Starlette's `request.is_disconnected`)."""
+        `disconnected` is polled while waiting (Starlette's `request.is_disconnected`);
+        `pixels` (the image's) are held in the pixel budget until the work ends."""
         if self.aborted:
             raise ShuttingDown("the service is shutting down; retry on another instance")
         self.check_capacity()
+        self.hold_pixels(pixels)
         deadline = time.monotonic() + self.timeout_s
         stop = stop or threading.Event()
 
@@ -74,8 +130,14 @@ class Admission:
 
         loop = asyncio.get_running_loop()
         self.pending += 1
-        future = loop.run_in_executor(executor, guarded)
+        try:
+            future = loop.run_in_executor(executor, guarded)
+        except BaseException:
+            self.pending -= 1
+            self.release_pixels(pixels)
+            raise
         future.add_done_callback(self._release)
+        future.add_done_callback(lambda _: self.release_pixels(pixels))
         watcher = asyncio.create_task(self._watch(disconnected, stop)) if disconnected else None
         aborted: asyncio.Future[None] = loop.create_future()
         self.waiting[stop] = aborted

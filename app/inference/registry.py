@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 from app.config import Settings
 from app.errors import ModelNotFound, ModelNotReady
-from app.inference.batching import DynamicBatcher
+from app.inference.batching import DynamicBatcher, RunFn
 from app.inference.runner import SessionRunner
 from app.inference.session import CUDA, SessionFactory, _ort_session, create_session
 from app.spec import ModelSpec
@@ -44,7 +44,7 @@ class ModelEntry:
     spec: ModelSpec | None = None
     session: ort.InferenceSession | None = None
     providers: list[str] = field(default_factory=list)
-    runner: SessionRunner | None = None
+    runner: RunFn | None = None  # a SessionRunner, or a wrapper of one (jobs)
     batcher: DynamicBatcher | None = None
     tile_batch: int = 1  # tiles per session run
     pipelined_tiles: bool = False  # prepare the next tile batch while one runs (CUDA)

@@ -4,12 +4,14 @@ interrupted by a restart or a crash resumes from its last finished tile batch.""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from app.imaging.decode import decode_image
 from app.imaging.encode import palette_png
 from app.imaging.tiff_regions import TiffRegions
 from app.imaging.tiff_write import write_class_map_tiff
+from app.inference.admission import Admission
 from app.inference.pipeline import Stopped, segment
 from app.inference.registry import ModelEntry, ModelRegistry
 from app.inference.tiling import choose_plan, segment_tiled
@@ -41,9 +44,19 @@ SWEEP_EVERY_S = 60.0
 
 
 class JobManager:
-    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        executor: Executor | None = None,
+        admission: Admission | None = None,
+    ) -> None:
+        """With `executor` and `admission` (the service's), every session run of a job goes
+        through the same inference workers as synchronous requests, and its tile batch holds
+        its pixels in the same budget (SEG_MAX_PENDING_PIXELS) while it waits and runs."""
         self.settings = settings
         self.registry = registry
+        self.executor, self.admission = executor, admission
         self.root = settings.job_dir.expanduser().resolve()
         self.store = JobStore(self.root / "jobs.sqlite3")
         self.wake = threading.Event()
@@ -263,6 +276,8 @@ class JobManager:
         def stop() -> bool:
             return cancel.is_set() or self.stopping.is_set()
 
+        model = self.shared(model, stop)
+        assert model.spec is not None
         with LabelFile(folder / LABELS, height, width) as labels:
             if plan is None:
                 self.store.update(job.id, tiles_total=1)
@@ -301,6 +316,20 @@ class JobManager:
                 partial = folder / (RESULT_TIFF + ".part")
                 write_class_map_tiff(partial, labels.band, height, width, model.spec.palette, info)
                 partial.replace(folder / RESULT_TIFF)
+
+    def shared(self, model: ModelEntry, should_stop: Callable[[], bool]) -> ModelEntry:
+        """The model as a job runs it: each session run queued on the service's inference
+        workers behind synchronous requests, holding its batch's pixels in the budget."""
+        executor, admission, runner = self.executor, self.admission, model.runner
+        if executor is None or admission is None or runner is None:
+            return model
+
+        def run(output: str, x: np.ndarray) -> np.ndarray:
+            pixels = int(x.shape[0]) * int(x.shape[2]) * int(x.shape[3])
+            with admission.pixels_for_background(pixels, should_stop):
+                return executor.submit(runner, output, x).result()
+
+        return dataclasses.replace(model, runner=run, batcher=None)
 
     def _finish(self, job_id: str, state: JobState, error: dict[str, Any] | None = None) -> None:
         self.store.update(job_id, state=state, finished=time.time(), error=error)

@@ -8,6 +8,7 @@ encoded image file). Outputs: `labels` (UINT8, [N, H, W]) and, when asked for,
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 from app import tracing
 from app.config import Settings
 from app.errors import BadInferenceRequest, ModelNotFound, PayloadTooLarge
-from app.imaging.decode import decode_image
+from app.imaging.decode import declared_pixels, decode_image
 from app.inference.pipeline import Stopped
 from app.inference.registry import ModelEntry, ModelRegistry
 from app.inference.v2_codec import InferenceRequest
@@ -106,6 +107,18 @@ def request_images(tensors: Mapping[str, Any], settings: Settings) -> list[np.nd
             "pixels in all"
         )
     return [image[..., 0] if image.shape[2] == 1 else image for image in array]
+
+
+def tensor_pixels(tensors: Mapping[str, Any]) -> int:
+    """The pixels a request's images hold, for the pixel budget: N x H x W of an `image`
+    tensor, or what an `image_bytes` file's header declares (0 when neither can be told)."""
+    image = tensors.get("image")
+    if isinstance(image, np.ndarray) and image.ndim == 4:
+        return int(image.shape[0]) * int(image.shape[1]) * int(image.shape[2])
+    files = tensors.get("image_bytes")
+    if isinstance(files, list) and len(files) == 1 and isinstance(files[0], bytes):
+        return declared_pixels(io.BytesIO(files[0]))
+    return 0
 
 
 def check_output_name(name: str) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Annotated, Any
 
@@ -10,6 +11,7 @@ from app import tracing
 from app.api.body import read_image_upload
 from app.api.deps import AdmissionDep, ExecutorDep, MetricsDep, RegistryDep, SettingsDep
 from app.errors import PROBLEM_CONTENT, ProblemError
+from app.imaging.decode import declared_pixels
 from app.inference.tiling import Tiling
 from app.schemas import CocoDocument, SegmentationResponse
 from app.service import Limits, OutputFormat, SegmentOptions, segment_file
@@ -174,6 +176,8 @@ async def segment_image(
     admission.check_capacity()  # refuse before reading the body when the queue is full
     upload = await read_image_upload(request, settings)
     try:
+        # The pixel budget (SEG_MAX_PENDING_PIXELS) counts the size the header declares.
+        pixels = await asyncio.to_thread(declared_pixels, upload)
         stop = threading.Event()  # set when nobody waits for the answer any more
         result = await admission.run(
             executor,
@@ -185,6 +189,7 @@ async def segment_image(
             stop,
             stop=stop,
             disconnected=request.is_disconnected,
+            pixels=pixels,
         )
     finally:
         upload.close()

@@ -130,9 +130,10 @@ async def _infer_route(
     with tracing.span("parse", {"segserve.body_bytes": len(body)}):
         parsed, tensors = await asyncio.to_thread(parse_request, body, header_length)
     stop = threading.Event()  # set when nobody waits for the answer any more
+    pixels = await asyncio.to_thread(v2_infer.tensor_pixels, tensors)  # for SEG_MAX_PENDING_PIXELS
     content, json_length, inference_ms = await admission.run(
         executor, tracing.bind(_infer), entry, parsed, tensors, settings, stop,
-        stop=stop, disconnected=request.is_disconnected,
+        stop=stop, disconnected=request.is_disconnected, pixels=pixels,
     )  # fmt: skip
     metrics.inference.labels(entry.name).observe(inference_ms / 1000)
     if json_length is None:
