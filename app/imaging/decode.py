@@ -91,17 +91,23 @@ def decode_image(data: bytes | IO[bytes], max_pixels: int) -> DecodedImage:
         return _decode_opened(opened, max_pixels)
 
 
-def declared_pixels(source: IO[bytes]) -> int:
-    """Width x height as the file's header declares it (0 when it cannot be read: decoding
-    will then say why), the file left at 0. For admission, before any pixel is decoded."""
+def declared_size(source: IO[bytes]) -> tuple[int, int]:
+    """(width, height) as the file's header declares it ((0, 0) when it cannot be read:
+    decoding will then say why), the file left at 0. For admission and answer-size checks,
+    before any pixel is decoded."""
     try:
         with Image.open(source, formats=OPEN_FORMATS) as opened:
             width, height = opened.size
     except Exception:  # an untrusted file: decode_image reports it properly
-        return 0
+        return 0, 0
     finally:
         source.seek(0)
-    return max(int(width), 0) * max(int(height), 0)
+    return max(int(width), 0), max(int(height), 0)
+
+
+def declared_pixels(source: IO[bytes]) -> int:
+    width, height = declared_size(source)
+    return width * height
 
 
 def _decode_opened(opened: Image.Image, max_pixels: int) -> DecodedImage:
