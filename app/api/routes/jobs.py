@@ -24,7 +24,21 @@ from app.jobs.manager import INPUT, JobManager
 from app.jobs.store import Job, JobState
 from app.service.budget import check_answer
 
-router = APIRouter(tags=["jobs"])
+ERRORS = {
+    400: "Undecodable image or malformed body",
+    404: "Unknown model or job",
+    408: "The body did not arrive in time",
+    409: "The job has no result",
+    413: "Upload, image or answer above the limits",
+    415: "Unsupported content type",
+    422: "Invalid parameters",
+    503: "Model not ready, or the job queue is full (Retry-After)",
+    507: "Job disk quota reached",
+}
+router = APIRouter(
+    tags=["jobs"],
+    responses={code: {"description": text, **PROBLEM_CONTENT} for code, text in ERRORS.items()},
+)
 
 
 class JobNotFound(ProblemError):
@@ -94,14 +108,7 @@ def describe(job: Job) -> dict[str, Any]:
     "SEG_JOB_MAX_UPLOAD_BYTES and SEG_JOB_MAX_PIXELS) and answers 202 with Location: "
     "/v1/jobs/{id} at once; the class map is made in the background.",
     openapi_extra={"requestBody": REQUEST_BODY},
-    responses={
-        202: {"description": "Queued"},
-        400: {"description": "Undecodable image", **PROBLEM_CONTENT},
-        404: {"description": "Unknown model", **PROBLEM_CONTENT},
-        413: {"description": "Upload or image above the job limits", **PROBLEM_CONTENT},
-        503: {"description": "Job queue full (Retry-After)", **PROBLEM_CONTENT},
-        507: {"description": "Job disk quota reached", **PROBLEM_CONTENT},
-    },
+    responses={202: {"description": "Queued: the job's state, Location: /v1/jobs/{id}"}},
 )
 async def submit_job(
     request: Request,
@@ -182,7 +189,18 @@ async def job_events(request: Request, jobs: JobsDep, job_id: str) -> StreamingR
     "georeferencing (TIFF inputs and larger maps); json: the run-length encoded map. All "
     "support HTTP range requests.",
     response_class=FileResponse,
-    responses={409: {"description": "The job has no result", **PROBLEM_CONTENT}},
+    responses={
+        200: {
+            "description": "The result file",
+            "content": {
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "image/tiff": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": {"type": "object"}},
+            },
+        },
+        206: {"description": "A byte range of the result file (Range requests)"},
+        416: {"description": "The requested range is not satisfiable"},
+    },
 )
 async def job_result(
     request: Request,
