@@ -92,12 +92,19 @@ function paint(canvas, width, height, draw) {
 // default one-pass limit, SEG_WHOLE_IMAGE_MAX_PIXELS).
 const JOB_PIXELS = 1024 * 1024;
 
-async function pixelCount(file) {
+// Job results above this many pixels are saved as TIFF instead of drawn on the page.
+const RENDER_PIXELS = 4096 * 4096;
+// Files above this size go through a job too (one request takes 50 MiB at most).
+const JOB_BYTES = 20 * 1024 * 1024;
+
+async function needsJob(file) {
+  if (file.size > JOB_BYTES) return true;
   try {
     const bitmap = await createImageBitmap(file);
-    return bitmap.width * bitmap.height;
+    return bitmap.width * bitmap.height > JOB_PIXELS;
   } catch (_) {
-    return 0;  // a format the browser cannot decode (TIFF): the direct path
+    // A format the browser cannot decode (TIFF): large TIFF montages are what jobs are for.
+    return /\.tiff?$/i.test(file.name) && file.size > 4 * 1024 * 1024;
   }
 }
 
@@ -139,6 +146,15 @@ async function segmentAsJob(file, name) {
       showError(job.error ? `${job.error.title}: ${job.error.detail}` : `The job was ${job.state}.`);
       return;
     }
+    if (job.width * job.height > RENDER_PIXELS) {
+      // Too large to draw here: the class map is saved as the job's tiled TIFF.
+      const tiff = await fetch(`${location}/result?format=tiff`, { headers: withKey() });
+      if (!tiff.ok) { showError(await problemMessage(tiff)); return; }
+      download(await tiff.blob(), `${file.name.replace(/\.[^.]*$/, "")}.${name}.tif`);
+      $("result").hidden = true;
+      $("status").textContent = `${file.name}: ${job.width} x ${job.height} px, ${job.tiles_total} tiles in ${job.elapsed_s.toFixed(1)} s; the class map was saved as a TIFF`;
+      return;
+    }
     const result = await fetch(`${location}/result?format=json`, { headers: withKey() });
     if (!result.ok) { showError(await problemMessage(result)); return; }
     const json = await result.json();
@@ -159,7 +175,7 @@ async function segment(file) {
   if (!name) { showError("No model is ready to segment with."); return; }
   state.file = file;
   $("status").textContent = `Segmenting ${file.name} with ${name}...`;
-  if (await pixelCount(file) > JOB_PIXELS) {
+  if (await needsJob(file)) {
     await segmentAsJob(file, name);
     return;
   }

@@ -144,3 +144,22 @@ def test_a_large_image_goes_through_a_job_with_a_progress_bar(
     assert "job of" in tab.inner_text("#timing")
     assert "bright" in tab.inner_text("#legend tbody")
     assert tab.is_hidden("#progress")
+
+
+def test_a_large_tiff_goes_through_a_job_and_its_map_is_saved_as_tiff(
+    page: tuple[str, Page], tmp_path: Path
+) -> None:
+    import numpy as np
+    import tifffile
+
+    _, tab = page
+    pixels = np.random.default_rng(0).integers(0, 256, (4200, 4100), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "montage.tif", pixels, tile=(512, 512))  # 17 MB, not drawable
+    tab.select_option("#model", "tiny-grey")
+    with tab.expect_download(timeout=120_000) as download:
+        tab.set_input_files("#file", str(tmp_path / "montage.tif"))
+    assert download.value.suggested_filename == "montage.tiny-grey.tif"
+    saved = tmp_path / "saved.tif"
+    download.value.save_as(saved)
+    assert np.array_equal(tifffile.imread(saved), np.where(pixels > 127, 0, 1))
+    assert "saved as a TIFF" in tab.inner_text("#status")
