@@ -27,13 +27,14 @@ def write_class_map_tiff(
     rows: Callable[[int, int], np.ndarray],
     height: int,
     width: int,
-    palette: list[tuple[int, int, int]],
+    palette: list[tuple[int, int, int]] | None,
     info: TiffInfo | None = None,
     tile: int = TILE,
 ) -> None:
     """Write the (height, width) map that `rows(y0, y1)` gives a band at a time (at most
     `tile` rows of it are in memory), deflate-compressed, with georeferencing and OME
-    physical pixel sizes carried from `info`."""
+    physical pixel sizes carried from `info`. Without a palette, a grey image (e.g. the
+    top-class probability x 255)."""
 
     def tiles() -> Iterator[np.ndarray]:
         for top in range(0, height, tile):
@@ -55,7 +56,8 @@ def write_class_map_tiff(
     with tifffile.TiffWriter(path, bigtiff=True) as writer:
         writer.write(
             tiles(), shape=(height, width), dtype=np.uint8, tile=(tile, tile),
-            photometric="palette", colormap=colormap(palette), compression="zlib",
+            photometric="palette" if palette is not None else "minisblack",
+            colormap=colormap(palette) if palette is not None else None, compression="zlib",
             extratags=extratags, resolution=resolution[:2] if resolution else None,
             resolutionunit=resolution[2] if resolution else None,
             metadata=None,

@@ -190,15 +190,17 @@ def segment_tiled(
     should_stop: Callable[[], bool] | None = None,
     probabilities: bool = False,
     labels_out: np.ndarray | None = None,
+    confidence_out: np.ndarray | None = None,
     first_tile: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Segmentation:
     """Class map (and confidence or (K, H, W) probabilities when asked) stitched from the
     centres of overlapping tiles; stops between tile batches once `should_stop` says so.
 
-    For long work: the map is written into `labels_out` when given (e.g. a file-backed
-    memmap), tiles before `first_tile` (rounded down to a batch) are taken as done, and
-    `on_progress(done, total)` is called after each batch is written."""
+    For long work: the map is written into `labels_out` (and the confidence into
+    `confidence_out`) when given (e.g. file-backed arrays), tiles before `first_tile`
+    (rounded down to a batch) are taken as done, and `on_progress(done, total)` is called
+    after each batch is written."""
     assert model.spec is not None
     spec = model.spec
     started = time.perf_counter()
@@ -213,7 +215,11 @@ def segment_tiled(
         (y, x) for y in tile_starts(padded_h, tile_h, o) for x in tile_starts(padded_w, tile_w, o)
     ]
     labels = labels_out if labels_out is not None else np.empty((height, width), np.uint8)
-    confidences = np.empty((height, width), np.uint8) if confidence else None
+    confidences = (
+        (confidence_out if confidence_out is not None else np.empty((height, width), np.uint8))
+        if confidence
+        else None
+    )
     probs = np.empty((spec.num_classes, height, width), np.float32) if probabilities else None
     use_labels_output = bool(spec.labels_output) and not (confidence or tta or probabilities)
 

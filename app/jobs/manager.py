@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from app.service.budget import Limits, check_image
 log = logging.getLogger("segserve.jobs")
 
 INPUT, LABELS, RESULT_PNG, RESULT_TIFF = "input", "labels.u8", "result.png", "result.tif"
+CONFIDENCE, RESULT_CONFIDENCE = "confidence.u8", "confidence.tif"
 SWEEP_EVERY_S = 60.0
 
 
@@ -112,7 +114,8 @@ class JobManager:
                 )
             check_image(model.spec, height, width, self.limits(limit))
             # The input, the class map on disk and its PNG or TIFF (at most the map's size).
-            disk = (folder / INPUT).stat().st_size + 2 * width * height
+            maps = 2 if options.get("confidence") else 1  # class map, and confidence if asked
+            disk = (folder / INPUT).stat().st_size + 2 * maps * width * height
             if self.store.disk_bytes() + disk > self.settings.job_disk_bytes:
                 raise InsufficientStorage(
                     f"the job needs about {disk} bytes and the job disk quota "
@@ -278,21 +281,33 @@ class JobManager:
 
         model = self.shared(model, stop)
         assert model.spec is not None
-        with LabelFile(folder / LABELS, height, width) as labels:
+        tta, with_confidence = bool(options.get("tta")), bool(options.get("confidence"))
+        with (
+            LabelFile(folder / LABELS, height, width) as labels,
+            LabelFile(folder / CONFIDENCE, height, width)
+            if with_confidence
+            else nullcontext() as confidence,
+        ):
+            maps = [labels] + ([confidence] if confidence is not None else [])
             if plan is None:
                 self.store.update(job.id, tiles_total=1)
                 pixels = (
                     source if isinstance(source, np.ndarray) else source.read(0, height, 0, width)
                 )
-                labels.array[:] = segment(
-                    model, pixels, tta=bool(options.get("tta")), should_stop=stop
-                ).labels
-                labels.flush()
+                result = segment(
+                    model, pixels, confidence=with_confidence, tta=tta, should_stop=stop
+                )
+                labels.array[:] = result.labels
+                if confidence is not None and result.confidence is not None:
+                    confidence.array[:] = result.confidence
+                for done_map in maps:
+                    done_map.flush()
                 self.store.update(job.id, tiles_done=1)
             else:
 
                 def progress(done: int, total: int) -> None:
-                    labels.flush()  # the map on disk first, then the count that vouches for it
+                    for done_map in maps:  # the maps on disk first, then the count
+                        done_map.flush()
                     self.store.update(job.id, tiles_done=done, tiles_total=total)
                     if on_batch is not None:
                         on_batch()
@@ -301,9 +316,11 @@ class JobManager:
                     model,
                     source,
                     plan,
-                    tta=bool(options.get("tta")),
+                    confidence=with_confidence,
+                    tta=tta,
                     should_stop=stop,
                     labels_out=labels.array,
+                    confidence_out=confidence.array if confidence is not None else None,
                     first_tile=job.tiles_done,
                     on_progress=progress,
                 )
@@ -311,11 +328,15 @@ class JobManager:
                 png = palette_png(np.asarray(labels.array), model.spec.palette)
                 (folder / RESULT_PNG).write_bytes(png)
                 labels.flush()
+            info = source.info() if isinstance(source, TiffRegions) else None
             if isinstance(source, TiffRegions) or height * width > self.settings.max_pixels:
-                info = source.info() if isinstance(source, TiffRegions) else None
                 partial = folder / (RESULT_TIFF + ".part")
                 write_class_map_tiff(partial, labels.band, height, width, model.spec.palette, info)
                 partial.replace(folder / RESULT_TIFF)
+            if confidence is not None:
+                partial = folder / (RESULT_CONFIDENCE + ".part")
+                write_class_map_tiff(partial, confidence.band, height, width, None, info)
+                partial.replace(folder / RESULT_CONFIDENCE)
 
     def shared(self, model: ModelEntry, should_stop: Callable[[], bool]) -> ModelEntry:
         """The model as a job runs it: each session run queued on the service's inference
@@ -335,11 +356,12 @@ class JobManager:
         self.store.update(job_id, state=state, finished=time.time(), error=error)
         if state is not JobState.succeeded:
             folder = self.folder(job_id)
-            for name in (INPUT, LABELS, RESULT_PNG, RESULT_TIFF):
+            for name in (INPUT, LABELS, RESULT_PNG, RESULT_TIFF, CONFIDENCE, RESULT_CONFIDENCE):
                 (folder / name).unlink(missing_ok=True)
 
     def result_path(self, job: Job, format: str = "png") -> Path:
-        return self.folder(job.id) / (RESULT_TIFF if format == "tiff" else RESULT_PNG)
+        names = {"tiff": RESULT_TIFF, "confidence": RESULT_CONFIDENCE}
+        return self.folder(job.id) / names.get(format, RESULT_PNG)
 
     def labels(self, job: Job) -> np.ndarray:
         return np.memmap(self.folder(job.id) / LABELS, np.uint8, "r", shape=(job.height, job.width))

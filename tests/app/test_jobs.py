@@ -381,3 +381,30 @@ def test_a_tiff_job_is_read_by_regions_and_answers_a_tiff(
         assert page.tags[33550].value == (2.0, 2.0, 0.0)
         assert page.tags[33922].value[3:5] == (5e5, 4e6)
     assert client.get(f"{submitted.headers['Location']}/result").status_code == 200  # PNG too
+
+
+def test_a_job_keeps_a_confidence_map_when_asked(client: TestClient, tmp_path: Path) -> None:
+    import tifffile
+
+    pixels = noise(260, 300, seed=8)
+    query = "tile_size=128&tile_overlap=16"
+    submitted = client.post(
+        f"/v1/models/tiny-box/jobs?{query}&confidence=true", content=png_bytes(pixels), headers=PNG
+    )
+    location = submitted.headers["Location"]
+    assert wait_done(client, location)["state"] == "succeeded"
+    kept = client.get(f"{location}/result?format=confidence")
+    assert kept.status_code == 200 and kept.headers["content-type"] == "image/tiff"
+    (tmp_path / "c.tif").write_bytes(kept.content)
+    direct = client.post(
+        f"/v1/models/tiny-box/segment?{query}&format=confidence",
+        content=png_bytes(pixels),
+        headers=PNG,
+    )
+    assert np.array_equal(
+        tifffile.imread(tmp_path / "c.tif"), np.asarray(Image.open(io.BytesIO(direct.content)))
+    )
+    plain = client.post("/v1/models/tiny-box/jobs", content=png_bytes(pixels), headers=PNG)
+    wait_done(client, plain.headers["Location"])
+    refused = client.get(f"{plain.headers['Location']}/result?format=confidence")
+    assert refused.status_code == 422 and "confidence=true" in refused.json()["detail"]

@@ -119,6 +119,9 @@ async def submit_job(
     tile_size: Annotated[int | None, Query(ge=64, le=2048, description="Tile side")] = None,
     tile_overlap: Annotated[int | None, Query(ge=0, le=512, description="Context pixels")] = None,
     tta: Annotated[bool, Query(description="Average over the 8 flips/rotations")] = False,
+    confidence: Annotated[
+        bool, Query(description="Also keep the top-class probability (result format=confidence)")
+    ] = False,
 ) -> JSONResponse:
     model = registry.get(name)
     jobs.check_capacity()  # before the upload: a full queue costs nobody a transfer
@@ -130,7 +133,12 @@ async def submit_job(
     except BaseException:
         await asyncio.to_thread(jobs.discard_folder, job_id)
         raise
-    options = {"tile_size": tile_size, "tile_overlap": tile_overlap, "tta": tta}
+    options = {
+        "tile_size": tile_size,
+        "tile_overlap": tile_overlap,
+        "tta": tta,
+        "confidence": confidence,
+    }
     job = await asyncio.to_thread(jobs.submit, job_id, caller(request), model, options)
     return JSONResponse(describe(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
@@ -207,8 +215,12 @@ async def job_result(
     jobs: JobsDep,
     job_id: str,
     format: Annotated[
-        Literal["png", "tiff", "json"] | None,
-        Query(description="png, tiff or json (default: png, or tiff when there is no PNG)"),
+        Literal["png", "tiff", "json", "confidence"] | None,
+        Query(
+            description="png, tiff or json (default: png, or tiff when there is no PNG); "
+            "confidence: the top-class probability x 255 as a grey tiled TIFF (jobs submitted "
+            "with confidence=true)"
+        ),
     ] = None,
 ) -> FileResponse:
     job = own_job(jobs, request, job_id)
@@ -216,6 +228,13 @@ async def job_result(
         raise JobNotReady(f"job {job_id} is {job.state.value}; it has no result")
     if format is None:
         format = "png" if jobs.result_path(job, "png").exists() else "tiff"
+    if format == "confidence":
+        path = jobs.result_path(job, "confidence")
+        if not path.exists():
+            raise InvalidParameter(
+                "this job kept no confidence map: submit it with confidence=true"
+            )
+        return FileResponse(path, media_type="image/tiff", filename=f"{job.id}.confidence.tif")
     if format in ("png", "tiff"):
         path = jobs.result_path(job, format)
         if not path.exists():
