@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 
 from fastapi import FastAPI
@@ -21,6 +23,13 @@ def presented_key(request: Request) -> str | None:
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "bearer" and token:
         return token.strip()
+    if scheme.lower() == "basic" and token:
+        # Label Studio connects to ML backends with Basic auth only: the key is the password.
+        try:
+            decoded = base64.b64decode(token.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+        return decoded.partition(":")[2]
     return request.headers.get("x-api-key")
 
 

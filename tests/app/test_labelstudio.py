@@ -233,3 +233,20 @@ def test_brush_rle_is_label_studio_own(seed: int) -> None:
     assert np.array_equal(rgba[..., 3] == 255, mask)
     reference = brush.mask2rle(mask.astype(np.uint8) * 255)
     assert list(rle) == reference[: len(rle)]  # the converter may add one zero byte
+
+
+def test_label_studio_basic_auth_carries_the_api_key(tmp_path: Path) -> None:
+    """Label Studio's ML backend connection speaks Basic auth only: the key is the password."""
+    write_model(tmp_path, "brightest", "tiny-rgb")
+    settings = Settings(model_dir=tmp_path, intra_op_threads=1, api_keys="k3y-abc")
+    with TestClient(create_app(settings)) as keyed:
+        wait_ready(keyed)
+        url = "/labelstudio/tiny-rgb/health"
+        assert keyed.get(url).status_code == 401
+        assert keyed.get(url, auth=("labelstudio", "k3y-abc")).status_code == 200
+        assert keyed.get(url, auth=("k3y-abc", "")).status_code == 401  # the user is not the key
+        assert keyed.get(url, auth=("labelstudio", "wrong")).status_code == 401
+        for broken in ("Basic !!!", "Basic " + base64.b64encode(b"\xff:\xfe").decode()):
+            response = keyed.get(url, headers={"Authorization": broken})
+            assert response.status_code == 401
+            assert response.headers["content-type"] == "application/problem+json"
