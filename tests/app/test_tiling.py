@@ -234,3 +234,59 @@ def test_tiles_before_first_tile_are_skipped_and_progress_is_reported(
     assert (out == 255).any()
     done_again = segment_tiled(model, pixels, TilePlan(32, 8), labels_out=out)
     assert np.array_equal(done_again.labels, full.labels)
+
+
+def test_plan_counts_padding_on_each_axis_and_takes_the_models_batch() -> None:
+    spec = spec_for("threshold", "t", size_multiple=8, tile={"size": 64, "overlap": 8, "batch": 3})
+    # 8 x 101 pads to 8 x 104 (not 8 x 106): the one-pass limit sees 832 pixels.
+    assert choose_plan(spec, 8, 101, 8 * 104) is None
+    assert choose_plan(spec, 8, 101, 8 * 104 - 1) == TilePlan(64, 8, 3)
+    assert choose_plan(spec, 101, 8, 104 * 8) is None
+    # An overlap just under half the tile is allowed; the model's batch is the default.
+    assert choose_plan(spec, 10, 10, 10**6, "on", 64, 24) == TilePlan(64, 24, 3)
+    assert choose_plan(spec, 10, 10, 10**6, "on", 64, 24, batch=2) == TilePlan(64, 24, 2)
+    bare = spec_for("threshold", "t", size_multiple=8)
+    assert choose_plan(bare, 10, 10, 10**6, "on", 64, 8) == TilePlan(64, 8, 1)
+
+
+def test_session_inputs_are_multiples_of_the_size_multiple(registry: ModelRegistry) -> None:
+    model = entry(registry, "tiny-box")
+    shapes = []
+    runner = model.runner
+
+    def recording(output: str, x: np.ndarray) -> np.ndarray:
+        shapes.append(x.shape)
+        return runner(output, x)  # type: ignore[no-any-return, misc]
+
+    model.runner = recording
+    try:
+        from dataclasses import replace
+
+        assert model.spec is not None
+        eight = replace(model, spec=model.spec.model_copy(update={"size_multiple": 8}))
+        segment_tiled(eight, noise(101, 203), TilePlan(64, 8))
+    finally:
+        model.runner = runner
+    assert shapes and all(s[2] % 8 == 0 and s[3] % 8 == 0 for s in shapes), shapes
+
+
+def test_tiled_probabilities_and_confidence_equal_one_pass(registry: ModelRegistry) -> None:
+    model = entry(registry, "tiny-rgb")
+    pixels = noise(90, 130, channels=3, seed=4)
+    whole = segment(model, pixels, probabilities=True, confidence=True)
+    tiled = segment_tiled(model, pixels, TilePlan(32, 8), probabilities=True, confidence=True)
+    assert tiled.probabilities is not None and whole.probabilities is not None
+    assert np.allclose(tiled.probabilities, whole.probabilities, atol=1e-6)
+    assert np.array_equal(tiled.confidence, whole.confidence)  # type: ignore[arg-type]
+    plain = segment_tiled(model, pixels, TilePlan(32, 8))
+    assert plain.probabilities is None and plain.confidence is None
+
+
+def test_resuming_rounds_down_to_a_whole_batch(registry: ModelRegistry) -> None:
+    model = entry(registry, "tiny-rgb")
+    pixels = noise(90, 100, channels=3, seed=3)
+    seen: list[tuple[int, int]] = []
+    segment_tiled(model, pixels, TilePlan(32, 8, batch=3), first_tile=5,
+                  on_progress=lambda done, total: seen.append((done, total)))  # fmt: skip
+    assert seen[0][0] == 6  # tiles 3-5 again (the batch holding tile 5), then on
+    assert seen[-1][0] == seen[-1][1]
