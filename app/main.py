@@ -89,6 +89,7 @@ def create_app(
             # Requests still running were cancelled, and with them told to stop. Drop what
             # is queued, give the rest a moment, and never wait on a session run unboundedly.
             admission: Admission = app.state.admission
+            jobs.pause()  # first: a job must not see the workers go and count that a failure
             executor.shutdown(wait=False, cancel_futures=True)
             await asyncio.to_thread(jobs.stop, STOP_GRACE_S)  # a running job pauses to resume
             await _wait_until(lambda: admission.pending == 0, STOP_GRACE_S)

@@ -177,9 +177,13 @@ class JobManager:
         self.thread = threading.Thread(target=self._loop, name="jobs", daemon=True)
         self.thread.start()
 
-    def stop(self, timeout: float) -> None:
+    def pause(self) -> None:
+        """Shutdown begins: the running job stops at its next tile batch and stays to resume."""
         self.stopping.set()
         self.wake.set()
+
+    def stop(self, timeout: float) -> None:
+        self.pause()
         for event in list(self.cancels.values()):
             event.set()
         if self.thread is not None:
@@ -221,6 +225,14 @@ class JobManager:
         except ProblemError as exc:
             self._finish(job.id, JobState.failed, _problem(exc.status, exc.slug, exc.detail))
         except Exception as exc:  # the job fails; the worker goes on with the next one
+            if self.stopping.is_set() and not self.store_job(job.id).cancel_requested:
+                # Shutting down (the workers may be gone already): not the job's fault.
+                log.info(
+                    "job %s paused for shutdown (%s); it resumes on the next start",
+                    job.id,
+                    type(exc).__name__,
+                )
+                return
             log.exception("job %s failed", job.id)
             detail = f"the job failed: {type(exc).__name__}"
             self._finish(job.id, JobState.failed, _problem(500, "job-failed", detail))

@@ -329,6 +329,14 @@ def test_a_real_server_killed_mid_job_finishes_it_after_a_restart(
             time.sleep(0.05)
         process.send_signal(getattr(signal, signal_name))
         process.wait(timeout=20)
+    from app.jobs.store import JobStore
+
+    store = JobStore(tmp_path / "jobs" / "jobs.sqlite3")
+    left = store.get(submitted.json()["id"])
+    store.close()
+    # Stopped or killed mid-way, the job is left to resume: never failed or cancelled.
+    assert left is not None and left.state in (JobState.running, JobState.queued), left
+    assert 0 < left.tiles_done < left.tiles_total
     with slow_server(models, 0.0, **env) as (base, _):
         location = base + submitted.headers["Location"]
         deadline = time.monotonic() + 30
@@ -408,3 +416,30 @@ def test_a_job_keeps_a_confidence_map_when_asked(client: TestClient, tmp_path: P
     wait_done(client, plain.headers["Location"])
     refused = client.get(f"{plain.headers['Location']}/result?format=confidence")
     assert refused.status_code == 422 and "confidence=true" in refused.json()["detail"]
+
+
+def test_workers_gone_at_shutdown_pause_a_job_instead_of_failing_it(tmp_path: Path) -> None:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from app.inference.admission import Admission
+
+    class ClosingPool(ThreadPoolExecutor):
+        """Shuts down under the job, as the service's pool does at shutdown."""
+
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+            manager.pause()
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    manager = manager_for(tmp_path)
+    manager.executor, manager.admission = ClosingPool(1), Admission(16, 10)
+    job_id = queue(manager, noise(200, 200, seed=9))
+    manager.run(manager.store.find()[0])
+    paused = manager.store.get(job_id)
+    assert paused is not None and paused.state is JobState.running  # resumes on next start
+    # The same failure outside a shutdown is the job's: failed, with its problem.
+    manager.stopping.clear()
+    manager.executor = ThreadPoolExecutor(1)
+    manager.executor.shutdown()
+    manager.run(manager.store.find()[0])
+    failed = manager.store.get(job_id)
+    assert failed is not None and failed.state is JobState.failed
