@@ -15,6 +15,10 @@ from app.errors import InvalidImage
 from app.imaging.decode import OPEN_FORMATS
 from app.imaging.tiff_regions import TiffRegions, is_tiff
 
+# A job's folder: its upload, its maps (mapped uint8 files) and its result files.
+INPUT, LABELS, RESULT_PNG, RESULT_TIFF = "input", "labels.u8", "result.png", "result.tif"
+CONFIDENCE, RESULT_CONFIDENCE = "confidence.u8", "confidence.tif"
+
 
 def input_is_tiff(path: Path) -> bool:
     with open(path, "rb") as file:

@@ -4,7 +4,6 @@ interrupted by a restart or a crash resumes from its last finished tile batch.""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import secrets
 import shutil
@@ -12,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +25,27 @@ from app.errors import (
     ProblemError,
 )
 from app.imaging.decode import decode_image
-from app.imaging.encode import palette_png
 from app.imaging.tiff_regions import TiffRegions
-from app.imaging.tiff_write import write_class_map_tiff
 from app.inference.admission import Admission
-from app.inference.pipeline import Stopped, segment
+from app.inference.pipeline import Stopped
 from app.inference.registry import ModelEntry, ModelRegistry
-from app.inference.tiling import choose_plan, segment_tiled
-from app.jobs.files import LabelFile, input_is_tiff, probe_image, probe_tiff
+from app.jobs.execute import segment_job, shared_model
+from app.jobs.files import (
+    CONFIDENCE,
+    INPUT,
+    LABELS,
+    RESULT_CONFIDENCE,
+    RESULT_PNG,
+    RESULT_TIFF,
+    input_is_tiff,
+    probe_image,
+    probe_tiff,
+)
 from app.jobs.store import Job, JobState, JobStore
 from app.service.budget import Limits, check_image
 
 log = logging.getLogger("segserve.jobs")
 
-INPUT, LABELS, RESULT_PNG, RESULT_TIFF = "input", "labels.u8", "result.png", "result.tif"
-CONFIDENCE, RESULT_CONFIDENCE = "confidence.u8", "confidence.tif"
 SWEEP_EVERY_S = 60.0
 
 
@@ -273,96 +277,26 @@ class JobManager:
         cancel: threading.Event,
         on_batch: Callable[[], None] | None,
     ) -> None:
-        assert model.spec is not None
-        folder = self.folder(job.id)
-        height, width = source.shape[:2]
-        options = job.options
-        plan = choose_plan(
-            model.spec,
-            height,
-            width,
-            self.settings.whole_image_max_pixels,
-            "auto",
-            options.get("tile_size"),
-            options.get("tile_overlap"),
-            model.tile_batch,
-        )
-
         def stop() -> bool:
             return cancel.is_set() or self.stopping.is_set()
 
-        model = self.shared(model, stop)
-        assert model.spec is not None
-        tta, with_confidence = bool(options.get("tta")), bool(options.get("confidence"))
-        with (
-            LabelFile(folder / LABELS, height, width) as labels,
-            LabelFile(folder / CONFIDENCE, height, width)
-            if with_confidence
-            else nullcontext() as confidence,
-        ):
-            maps = [labels] + ([confidence] if confidence is not None else [])
-            if plan is None:
-                self.store.update(job.id, tiles_total=1)
-                pixels = (
-                    source if isinstance(source, np.ndarray) else source.read(0, height, 0, width)
-                )
-                result = segment(
-                    model, pixels, confidence=with_confidence, tta=tta, should_stop=stop
-                )
-                labels.array[:] = result.labels
-                if confidence is not None and result.confidence is not None:
-                    confidence.array[:] = result.confidence
-                for done_map in maps:
-                    done_map.flush()
-                self.store.update(job.id, tiles_done=1)
-            else:
+        def progress(done: int, total: int) -> None:
+            self.store.update(job.id, tiles_done=done, tiles_total=total)
+            if on_batch is not None:
+                on_batch()
 
-                def progress(done: int, total: int) -> None:
-                    for done_map in maps:  # the maps on disk first, then the count
-                        done_map.flush()
-                    self.store.update(job.id, tiles_done=done, tiles_total=total)
-                    if on_batch is not None:
-                        on_batch()
-
-                segment_tiled(
-                    model,
-                    source,
-                    plan,
-                    confidence=with_confidence,
-                    tta=tta,
-                    should_stop=stop,
-                    labels_out=labels.array,
-                    confidence_out=confidence.array if confidence is not None else None,
-                    first_tile=job.tiles_done,
-                    on_progress=progress,
-                )
-            if height * width <= self.settings.max_pixels:
-                png = palette_png(np.asarray(labels.array), model.spec.palette)
-                (folder / RESULT_PNG).write_bytes(png)
-                labels.flush()
-            info = source.info() if isinstance(source, TiffRegions) else None
-            if isinstance(source, TiffRegions) or height * width > self.settings.max_pixels:
-                partial = folder / (RESULT_TIFF + ".part")
-                write_class_map_tiff(partial, labels.band, height, width, model.spec.palette, info)
-                partial.replace(folder / RESULT_TIFF)
-            if confidence is not None:
-                partial = folder / (RESULT_CONFIDENCE + ".part")
-                write_class_map_tiff(partial, confidence.band, height, width, None, info)
-                partial.replace(folder / RESULT_CONFIDENCE)
-
-    def shared(self, model: ModelEntry, should_stop: Callable[[], bool]) -> ModelEntry:
-        """The model as a job runs it: each session run queued on the service's inference
-        workers behind synchronous requests, holding its batch's pixels in the budget."""
-        executor, admission, runner = self.executor, self.admission, model.runner
-        if executor is None or admission is None or runner is None:
-            return model
-
-        def run(output: str, x: np.ndarray) -> np.ndarray:
-            pixels = int(x.shape[0]) * int(x.shape[2]) * int(x.shape[3])
-            with admission.pixels_for_background(pixels, should_stop):
-                return executor.submit(runner, output, x).result()
-
-        return dataclasses.replace(model, runner=run, batcher=None)
+        if self.executor is not None and self.admission is not None:
+            model = shared_model(model, self.executor, self.admission, stop)
+        segment_job(
+            model,
+            source,
+            self.folder(job.id),
+            job.options,
+            job.tiles_done,
+            self.settings,
+            stop,
+            progress,
+        )
 
     def _finish(self, job_id: str, state: JobState, error: dict[str, Any] | None = None) -> None:
         self.store.update(job_id, state=state, finished=time.time(), error=error)

@@ -16,7 +16,8 @@ from PIL import Image
 
 from app.config import Device, Settings
 from app.inference.registry import ModelRegistry
-from app.jobs.manager import INPUT, JobManager
+from app.jobs.files import INPUT
+from app.jobs.manager import JobManager
 from app.jobs.store import JobState
 from app.main import create_app
 from tests.app.conftest import png_bytes, wait_ready

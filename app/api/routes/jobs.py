@@ -20,7 +20,8 @@ from app.api.routes.segment import REQUEST_BODY
 from app.api.security import presented_key
 from app.errors import PROBLEM_CONTENT, InvalidParameter, JobNotReady, ProblemError
 from app.imaging.encode import rle_json_text, rle_text_bytes
-from app.jobs.manager import INPUT, JobManager
+from app.jobs.files import INPUT
+from app.jobs.manager import JobManager
 from app.jobs.store import Job, JobState
 from app.service.budget import check_answer
 
