@@ -43,6 +43,7 @@ from bench.common import (
     peak_rss_mib,
     python,
     sample_pixels,
+    serve_command,
     server,
     time_calls,
 )
@@ -105,8 +106,7 @@ def http(
     concurrency: tuple[int, ...] = CONCURRENCY,
 ) -> dict[str, Any]:  # fmt: skip
     port = free_port()
-    command = [python(), "-m", "app.cli", "serve", "--port", str(port), "--model-dir",
-               str(model_dir), "--device", device.value]  # fmt: skip
+    command = serve_command(port, model_dir, "--device", device.value)
     results: dict[str, Any] = {}
     env = {"SEG_LOG_LEVEL": "warning", **(env or {})}
     with server(command, port, env, "/health/ready") as process:

@@ -28,7 +28,7 @@ from typing import Any
 from app.cli import main as cli_main
 from app.client import request
 from app.config import SHIPPED_MODEL_DIR
-from bench.common import DATA, free_port, server
+from bench.common import DATA, free_port, serve_command, server
 from segserve import Client
 
 MODEL = "dilated-camvid"
@@ -87,8 +87,7 @@ def main() -> None:
         sys.exit(f"only {len(frames)} CamVid val frames under {DATA}")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port),
-               "--model-dir", str(SHIPPED_MODEL_DIR)]  # fmt: skip
+    command = serve_command(port, SHIPPED_MODEL_DIR)
     env = {"SEG_DEVICE": "cpu", "SEG_LOG_LEVEL": "warning"}
     with tempfile.TemporaryDirectory() as scratch, server(command, port, env, "/health/ready"):
         root = Path(scratch)

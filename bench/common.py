@@ -164,3 +164,9 @@ def http_load(url: str, body: bytes, total: int, concurrency: int) -> tuple[Stat
 
 def python() -> str:
     return sys.executable
+
+
+def serve_command(port: int, model_dir: Path, *options: str) -> list[str]:
+    """`segserve serve` on `port` for the models of `model_dir`, in this interpreter."""
+    return [python(), "-m", "app.cli", "serve", "--port", str(port), "--model-dir",
+            str(model_dir), *options]  # fmt: skip

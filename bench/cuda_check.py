@@ -29,8 +29,8 @@ from bench.common import (
     em_mosaic,
     free_port,
     loaded_registry,
-    python,
     sample_pixels,
+    serve_command,
     server,
 )
 
@@ -74,8 +74,7 @@ def compare(model_dir: Path) -> dict[str, Any]:
 
 def served(model_dir: Path) -> dict[str, Any]:
     port = free_port()
-    command = [python(), "-m", "app.cli", "serve", "--port", str(port), "--model-dir",
-               str(model_dir), "--device", "cuda"]  # fmt: skip
+    command = serve_command(port, model_dir, "--device", "cuda")
     with server(command, port, {"SEG_LOG_LEVEL": "warning"}, "/health/ready"):
         base = f"http://127.0.0.1:{port}"
         listed = httpx.get(f"{base}/v1/models").json()

@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 
 from app.config import SHIPPED_MODEL_DIR
-from bench.common import SAMPLE, free_port, rss_mib, server
+from bench.common import SAMPLE, free_port, rss_mib, serve_command, server
 
 
 @dataclass
@@ -138,8 +138,7 @@ def run(
     port = free_port()
     environment = {"SEG_LOG_LEVEL": "warning", "SEG_DRAIN_DELAY_S": "3", "SEG_DEVICE": "cpu",
                    **(env or {})}  # fmt: skip
-    command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--model-dir",
-               str(model_dir)]  # fmt: skip
+    command = serve_command(port, model_dir)
     base = f"http://127.0.0.1:{port}"
     with server(command, port, environment, "/health/ready") as process:
         rss_start = rss_mib(process.pid)

@@ -13,7 +13,6 @@ import argparse
 import io
 import json
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from bench.common import (
     peak_rss_mib,
     png,
     rss_mib,
+    serve_command,
     server,
 )
 
@@ -196,16 +196,7 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable,
-        "-m",
-        "app.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--model-dir",
-        str(SHIPPED_MODEL_DIR),
-    ]
+    command = serve_command(port, SHIPPED_MODEL_DIR)
     rows: list[dict[str, Any]] = []
     peaks: list[float] = []
     with (

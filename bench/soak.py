@@ -30,7 +30,16 @@ from typing import Any
 import httpx
 
 from app.config import SHIPPED_MODEL_DIR
-from bench.common import CAMVID_FRAME, ISBI_SLICE, em_mosaic, free_port, peak_rss_mib, png, server
+from bench.common import (
+    CAMVID_FRAME,
+    ISBI_SLICE,
+    em_mosaic,
+    free_port,
+    peak_rss_mib,
+    png,
+    serve_command,
+    server,
+)
 from bench.memory_paths import smooth_png, strip_png, v2_bytes_body
 
 POD_LIMIT_MIB = 2048
@@ -211,16 +220,7 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable,
-        "-m",
-        "app.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--model-dir",
-        str(SHIPPED_MODEL_DIR),
-    ]
+    command = serve_command(port, SHIPPED_MODEL_DIR)
     env = {"SEG_DEVICE": "cpu", "SEG_LOG_LEVEL": "warning"}
     with server(command, port, env, "/health/ready") as process:
         tally = asyncio.run(drive(base, args.duration, args.concurrency))

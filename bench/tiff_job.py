@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from tqdm import tqdm
 
 from app.config import SHIPPED_MODEL_DIR
 from app.imaging.tiff_regions import TiffRegions
-from bench.common import em_mosaic, free_port, peak_rss_mib, png, rss_mib, server
+from bench.common import em_mosaic, free_port, peak_rss_mib, png, rss_mib, serve_command, server
 
 
 def write_montage(path: Path, side: int, tile: int = 512) -> None:
@@ -69,16 +68,7 @@ def main() -> None:
     )
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable,
-        "-m",
-        "app.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--model-dir",
-        str(SHIPPED_MODEL_DIR),
-    ]
+    command = serve_command(port, SHIPPED_MODEL_DIR)
     env = {
         "SEG_DEVICE": "cpu",
         "SEG_LOG_LEVEL": "warning",
