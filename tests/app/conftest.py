@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -87,23 +87,29 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_server(model_dir: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """`python -m app.cli serve` on a free port; yields (base URL, process) once ready."""
+    serve = ["-m", "app.cli", "serve", "--model-dir", str(model_dir), "--port"]
+    with server_process(lambda port: [*serve, str(port)], env) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def server_process(
+    arguments: Callable[[int], list[str]], env: dict[str, str], kill: bool = False
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`python <arguments(port)>` on a free port (one CPU thread, unless `env` says else);
+    yields (base URL, process) once /health/ready answers 200. Stopped with SIGTERM (or
+    killed, with `kill`) at the end."""
     port = free_port()
     environment = {**os.environ, "SEG_INTRA_OP_THREADS": "1", "SEG_DEVICE": "cpu", **env}
-    command = [
-        sys.executable,
-        "-m",
-        "app.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--model-dir",
-        str(model_dir),
-    ]
     # The log goes to a file, not a pipe: a pipe nobody reads fills up after a few hundred
     # request lines and then blocks the server.
     with tempfile.TemporaryFile(mode="w+") as log:
         process = subprocess.Popen(
-            command, env=environment, stdout=log, stderr=subprocess.STDOUT, text=True
+            [sys.executable, *arguments(port)],
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         process.log = log  # type: ignore[attr-defined]
         base = f"http://127.0.0.1:{port}"
@@ -111,17 +117,18 @@ def running_server(model_dir: Path, **env: str) -> Iterator[tuple[str, subproces
             deadline = time.monotonic() + 60
             while True:
                 assert process.poll() is None, server_output(process)
-                try:
+                with contextlib.suppress(httpx.TransportError):
                     if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
                         break
-                except httpx.TransportError:
-                    pass
                 assert time.monotonic() < deadline, "server never became ready"
                 time.sleep(0.2)
             yield base, process
         finally:
             if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+                if kill:
+                    process.kill()
+                else:
+                    process.send_signal(signal.SIGTERM)
                 try:
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:

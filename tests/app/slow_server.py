@@ -7,19 +7,16 @@ before every run, so that tests can hold work in flight and in the queue.
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import onnxruntime as ort
 
-from tests.app.conftest import free_port, server_output
+from tests.app.conftest import server_process
 
 
 class SlowSession:
@@ -41,30 +38,10 @@ def slow_server(
     model_dir: Path, seconds_per_run: float, **env: str
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """Like conftest's `running_server`: yields (base URL, process) once ready."""
-    port = free_port()
-    environment = {**os.environ, "SEG_INTRA_OP_THREADS": "1", "SEG_DEVICE": "cpu", **env}
-    command = [sys.executable, "-m", "tests.app.slow_server", str(model_dir), str(port),
-               str(seconds_per_run)]  # fmt: skip
-    with tempfile.TemporaryFile(mode="w+") as log:
-        process = subprocess.Popen(
-            command, env=environment, stdout=log, stderr=subprocess.STDOUT, text=True
-        )
-        process.log = log  # type: ignore[attr-defined]
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.poll() is None, server_output(process)
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                        break
-                assert time.monotonic() < deadline, "server never became ready"
-                time.sleep(0.2)
-            yield base, process
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=30)
+    script = ["-m", "tests.app.slow_server", str(model_dir)]
+    with server_process(lambda port: [*script, str(port), str(seconds_per_run)], env,
+                        kill=True) as started:  # fmt: skip
+        yield started
 
 
 def main() -> None:
