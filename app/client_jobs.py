@@ -94,10 +94,7 @@ def cmd_job(args: argparse.Namespace) -> int:
                         f"{job['id']}  {job['state']:9s}  {job['model']['name']}  "
                         f"{job['tiles_done']}/{job['tiles_total']} tiles"
                     )
-        except JobFailed as exc:
-            print(f"segserve job: {exc}", file=sys.stderr)
-            return 1
-        except SegserveError as exc:
+        except (JobFailed, SegserveError) as exc:
             print(f"segserve job: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from app.api.body import read_limited
 from app.api.deps import AdmissionDep, ExecutorDep, RegistryDep, SettingsDep
 from app.api.routes.segment import inline_schema
+from app.api.routes.web import sample_file
 from app.config import Settings
 from app.errors import PROBLEM_CONTENT, AnswerTooLarge, BadInferenceRequest, InvalidParameter
 from app.imaging.decode import decode_image
@@ -41,7 +42,6 @@ from app.imaging.masks.labelstudio import (
     results_size_bound,
     rle_json,
 )
-from app.imaging.media_types import IMAGE_MEDIA_TYPES
 from app.inference.registry import ModelEntry
 from app.service import Limits, infer_pixels
 
@@ -277,13 +277,9 @@ def _own_sample(
         if parts.scheme not in ("http", "https") or parts.netloc != own or parts.query:
             return None
     prefix = "/v1/samples/"
-    if not parts.path.startswith(prefix) or settings.samples_dir is None:
+    if not parts.path.startswith(prefix):
         return None
     model = urllib.parse.unquote(parts.path[len(prefix) :])
     if model not in served:  # the name never reaches the file system unchecked
         return None
-    for suffix in IMAGE_MEDIA_TYPES:
-        path = settings.samples_dir / f"{model}{suffix}"
-        if path.is_file():
-            return path
-    return None
+    return sample_file(settings, model)

@@ -22,7 +22,7 @@ class SampleList(BaseModel):
     models: list[str]
 
 
-def _sample_file(settings: Settings, model: str) -> FilePath | None:
+def sample_file(settings: Settings, model: str) -> FilePath | None:
     """`<samples_dir>/<model>.<ext>`; the name is matched against served models first, so no
     request path ever reaches the file system unchecked."""
     if settings.samples_dir is None:
@@ -41,7 +41,7 @@ async def index() -> HTMLResponse:
 
 @router.get("/v1/samples", response_model=SampleList, summary="Models with a sample image")
 async def list_samples(registry: RegistryDep, settings: SettingsDep) -> SampleList:
-    names = [e.name for e in registry.served() if _sample_file(settings, e.name) is not None]
+    names = [e.name for e in registry.served() if sample_file(settings, e.name) is not None]
     return SampleList(models=names)
 
 
@@ -57,7 +57,7 @@ async def get_sample(
     name: str = Path(description="Model name"),
 ) -> FileResponse:
     served = {e.name for e in registry.served()}
-    path = _sample_file(settings, name) if name in served else None
+    path = sample_file(settings, name) if name in served else None
     if path is None:
         raise ModelNotFound(f"no sample image for {name!r}; GET /v1/samples lists them")
     return FileResponse(path, media_type=IMAGE_MEDIA_TYPES[path.suffix.lower()])
