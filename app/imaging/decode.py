@@ -16,6 +16,7 @@ a damaged file is InvalidImage (400), never a 500.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
@@ -70,11 +71,16 @@ class DecodedImage:
         return int(self.pixels.shape[1])
 
 
-def decode_image(data: bytes | IO[bytes], max_pixels: int) -> DecodedImage:
+def decode_image(
+    data: bytes | IO[bytes],
+    max_pixels: int,
+    check_size: Callable[[int, int], None] | None = None,
+) -> DecodedImage:
     """Decode an untrusted image file: its bytes, or a seekable binary file positioned at 0.
 
     Anything the file makes Pillow raise is the client's bad image (InvalidImage, 400);
-    a size above `max_pixels` is PayloadTooLarge (413), checked from the header alone.
+    a size above `max_pixels` is PayloadTooLarge (413), checked from the header alone, as
+    is anything `check_size(width, height)` raises (e.g. an answer too large for that size).
     """
     source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if _is_empty(source):
@@ -88,29 +94,25 @@ def decode_image(data: bytes | IO[bytes], max_pixels: int) -> DecodedImage:
     except Exception as exc:  # any plugin failure on untrusted data is a bad file
         raise InvalidImage(f"the image header cannot be read: {_reason(exc)}") from None
     with opened:
-        return _decode_opened(opened, max_pixels)
+        return _decode_opened(opened, max_pixels, check_size)
 
 
-def declared_size(source: IO[bytes]) -> tuple[int, int]:
-    """(width, height) as the file's header declares it ((0, 0) when it cannot be read:
-    decoding will then say why), the file left at 0. For admission and answer-size checks,
-    before any pixel is decoded."""
+def declared_pixels(source: IO[bytes]) -> int:
+    """Width x height as the file's header declares it (0 when it cannot be read: decoding
+    will then say why), the file left at 0. For admission, before any pixel is decoded."""
     try:
         with Image.open(source, formats=OPEN_FORMATS) as opened:
             width, height = opened.size
     except Exception:  # an untrusted file: decode_image reports it properly
-        return 0, 0
+        return 0
     finally:
         source.seek(0)
-    return max(int(width), 0), max(int(height), 0)
+    return max(int(width), 0) * max(int(height), 0)
 
 
-def declared_pixels(source: IO[bytes]) -> int:
-    width, height = declared_size(source)
-    return width * height
-
-
-def _decode_opened(opened: Image.Image, max_pixels: int) -> DecodedImage:
+def _decode_opened(
+    opened: Image.Image, max_pixels: int, check_size: Callable[[int, int], None] | None
+) -> DecodedImage:
     file_format = opened.format or ""
     if file_format not in SUPPORTED_FORMATS:
         raise InvalidImage(f"image format {file_format or 'unknown'} is not supported")
@@ -122,6 +124,8 @@ def _decode_opened(opened: Image.Image, max_pixels: int) -> DecodedImage:
             f"the image declares {width}x{height} = {width * height} pixels; "
             f"the limit is {max_pixels} (SEG_MAX_PIXELS)"
         )
+    if check_size is not None:
+        check_size(width, height)
     try:
         opened.seek(0)
         opened.load()

@@ -11,7 +11,7 @@ from typing import BinaryIO, Literal
 import numpy as np
 
 from app import tracing
-from app.imaging.decode import declared_size, decode_image
+from app.imaging.decode import decode_image
 from app.imaging.georef import read_georeference
 from app.inference.pipeline import Segmentation, segment
 from app.inference.registry import ModelEntry
@@ -95,16 +95,17 @@ def segment_file(
     ask for. CPU work from start to end: callers run it in the inference executor."""
     assert model.spec is not None
     started = time.perf_counter()
+    spec = model.spec
     source = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
-    # An answer too large for the budget is refused from the header, before decoding.
-    declared_w, declared_h = declared_size(source)
-    if declared_w * declared_h:
-        check_renderable(model.spec, declared_h, declared_w, options, limits)
+
+    def renderable(width: int, height: int) -> None:
+        # An answer too large for the budget is refused from the header, before decoding.
+        check_renderable(spec, height, width, options, limits)
+
     with tracing.span("decode") as decoding:
-        image = decode_image(source, limits.max_pixels)
+        image = decode_image(source, limits.max_pixels, renderable)
         decoding.set_attribute("segserve.image.width", image.width)
         decoding.set_attribute("segserve.image.height", image.height)
-    check_renderable(model.spec, image.height, image.width, options, limits)
     georef = read_georeference(source) if options.format == "geojson" else None
     decoded = time.perf_counter()
     result = infer_pixels(

@@ -279,12 +279,13 @@ def test_an_unknown_output_name_is_not_echoed_whole(budget_client: TestClient) -
 def test_an_answer_too_large_is_refused_from_the_header_before_decoding(
     answer_client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import app.service.segmenting as segmenting
+    from PIL import ImageFile
 
     def no_decoding(*args: object) -> None:
         raise AssertionError("decoded although the header already ruled the answer out")
 
-    monkeypatch.setattr(segmenting, "decode_image", no_decoding)
+    # Pillow decodes an image's pixels in ImageFile.load: the header alone must decide.
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     smooth = png_bytes(np.zeros((300, 300), np.uint8))  # an overlay of 270,000 > 60,000 bytes
     response = answer_client.post("/v1/models/tiny-grey/segment?format=overlay",
                                   content=smooth, headers=PNG)  # fmt: skip
