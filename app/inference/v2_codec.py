@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.errors import BadInferenceRequest
+from app.errors import BadInferenceRequest, PayloadTooLarge
 
 DTYPES: dict[str, np.dtype[Any]] = {
     "UINT8": np.dtype(np.uint8),
@@ -59,13 +59,25 @@ class InferenceRequest(BaseModel):
 
 
 def parse_request(
-    body: bytes, header_length: str | None
+    body: bytes, header_length: str | None, max_json_bytes: int | None = None
 ) -> tuple[InferenceRequest, dict[str, Any]]:
     """The request and its input tensors by name (numpy arrays, or lists of bytes for BYTES).
 
     Every way an untrusted body can be wrong is a BadInferenceRequest (400); sizes are
-    checked with Python ints against the body's length before any array is made.
+    checked with Python ints against the body's length before any array is made. A JSON
+    part above `max_json_bytes` is PayloadTooLarge (413), before it is parsed.
     """
+    if max_json_bytes is not None:
+        json_bytes = len(body)
+        if header_length is not None:
+            valid = HEADER_LENGTH_FORMAT.fullmatch(header_length)
+            json_bytes = min(int(header_length), len(body)) if valid else 0
+        if json_bytes > max_json_bytes:
+            raise PayloadTooLarge(
+                f"the JSON part has {json_bytes} bytes; the limit is {max_json_bytes} "
+                "(SEG_V2_MAX_JSON_BYTES): send large tensors with the binary tensor data "
+                "extension"
+            )
     if header_length is not None:
         if not HEADER_LENGTH_FORMAT.fullmatch(header_length) or int(header_length) > len(body):
             raise BadInferenceRequest("Inference-Header-Content-Length does not fit the body")

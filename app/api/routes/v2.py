@@ -18,7 +18,7 @@ from app import tracing
 from app.api.body import read_limited
 from app.api.deps import AdmissionDep, ExecutorDep, MetricsDep, RegistryDep, SettingsDep
 from app.config import Settings
-from app.errors import V2_ERROR_CONTENT, PayloadTooLarge
+from app.errors import V2_ERROR_CONTENT
 from app.inference.registry import ModelEntry, ModelState
 from app.inference.v2_codec import InferenceRequest, encode_response, parse_request
 from app.main_info import SERVER_NAME, VERSION
@@ -119,18 +119,16 @@ async def _infer_route(
     admission.check_capacity()  # refuse before reading the body when the queue is full
     body = await read_limited(request, settings.max_upload_bytes, settings.body_timeout_s)
     header_length = request.headers.get(HEADER_LENGTH)
-    json_bytes = len(body) if header_length is None else _json_length(header_length, len(body))
-    if json_bytes > settings.v2_max_json_bytes:
-        raise PayloadTooLarge(
-            f"the JSON part has {json_bytes} bytes; the limit is {settings.v2_max_json_bytes} "
-            "(SEG_V2_MAX_JSON_BYTES): send large tensors with the binary tensor data extension"
-        )
+
+    def parse() -> tuple[InferenceRequest, dict[str, Any], int]:
+        parsed, tensors = parse_request(body, header_length, settings.v2_max_json_bytes)
+        return parsed, tensors, v2_infer.tensor_pixels(tensors)  # for SEG_MAX_PENDING_PIXELS
+
     # Parsing and validating JSON holds the interpreter: off the event loop, so health
     # probes and other requests keep being answered meanwhile.
     with tracing.span("parse", {"segserve.body_bytes": len(body)}):
-        parsed, tensors = await asyncio.to_thread(parse_request, body, header_length)
+        parsed, tensors, pixels = await asyncio.to_thread(parse)
     stop = threading.Event()  # set when nobody waits for the answer any more
-    pixels = await asyncio.to_thread(v2_infer.tensor_pixels, tensors)  # for SEG_MAX_PENDING_PIXELS
     content, json_length, inference_ms = await admission.run(
         executor, tracing.bind(_infer), entry, parsed, tensors, settings, stop,
         stop=stop, disconnected=request.is_disconnected, pixels=pixels,
@@ -141,13 +139,6 @@ async def _infer_route(
     return Response(
         content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_length)}
     )
-
-
-def _json_length(header_length: str, body_length: int) -> int:
-    """The JSON part's length as the header states it (the codec validates it fully)."""
-    if header_length.isascii() and header_length.isdigit() and len(header_length) <= 12:
-        return min(int(header_length), body_length)
-    return 0
 
 
 @router.post("/models/{name}/infer", summary="Inference (JSON or binary tensor data)")
