@@ -32,13 +32,19 @@ def mirror_pad(x: np.ndarray, bottom: int, right: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, bottom), (0, right)), mode="edge")
 
 
+def padded_size(spec: ModelSpec, height: int, width: int) -> tuple[int, int]:
+    """Height and width after padding at the bottom/right to the model's size multiple."""
+    m = spec.size_multiple
+    return height + (-height) % m, width + (-width) % m
+
+
 def padded_channels(pixels: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """Canonical uint8 pixels to uint8 (C, H', W') for the model, mirror-padded at the
     bottom/right to its size multiple (padding before normalising: a quarter of the bytes)."""
     chw = to_channels(pixels, spec.input_channels).transpose(2, 0, 1)
-    m = spec.size_multiple
     h, w = chw.shape[1:]
-    return mirror_pad(chw, (-h) % m, (-w) % m)
+    padded_h, padded_w = padded_size(spec, h, w)
+    return mirror_pad(chw, padded_h - h, padded_w - w)
 
 
 def normalise(chw: np.ndarray, spec: ModelSpec, out: np.ndarray | None = None) -> np.ndarray:

@@ -34,6 +34,7 @@ from app.inference.pipeline import (
     mirror_pad,
     normalise,
     padded_channels,
+    padded_size,
     run_probabilities,
 )
 from app.inference.registry import ModelEntry
@@ -97,7 +98,8 @@ def choose_plan(
     """The tiling for one request, or None for a single whole-image pass. The one-pass
     limit counts pixels after padding to the size multiple, as the model sees them."""
     m = spec.size_multiple
-    padded = (height + (-height) % m) * (width + (-width) % m)
+    padded_h, padded_w = padded_size(spec, height, width)
+    padded = padded_h * padded_w
     if tiling == "off" or (tiling == "auto" and padded <= whole_image_max_pixels):
         if padded > whole_image_max_pixels:
             raise InvalidParameter(
@@ -146,11 +148,7 @@ class TileSource:
     ) -> None:
         self.pixels, self.spec = pixels, spec
         self.height, self.width = pixels.shape[:2]
-        m = spec.size_multiple
-        self.padded_h, self.padded_w = (
-            self.height + (-self.height) % m,
-            self.width + (-self.width) % m,
-        )
+        self.padded_h, self.padded_w = padded_size(spec, self.height, self.width)
         margin_h, margin_w = self.padded_h - self.height, self.padded_w - self.width
         local = (tile_h >= self.padded_h or tile_h - margin_h > margin_h) and (
             tile_w >= self.padded_w or tile_w - margin_w > margin_w
@@ -205,9 +203,8 @@ def segment_tiled(
     spec = model.spec
     started = time.perf_counter()
     height, width = pixels.shape[:2]
-    m = spec.size_multiple
-    padded_h, padded_w = height + (-height) % m, width + (-width) % m
-    tile_h, tile_w = tile_shape(plan.size, padded_h, padded_w, m)
+    padded_h, padded_w = padded_size(spec, height, width)
+    tile_h, tile_w = tile_shape(plan.size, padded_h, padded_w, spec.size_multiple)
     with tracing.span("preprocess"):
         source = TileSource(pixels, spec, tile_h, tile_w)
     o = plan.overlap

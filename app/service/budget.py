@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from app.config import Settings
 from app.errors import AnswerTooLarge, PayloadTooLarge
+from app.inference.pipeline import padded_size
 from app.spec import ModelSpec
 
 # Bytes per element of an answer as JSON text, upper estimates ("255," and "0.12345678,").
@@ -30,12 +31,6 @@ class Limits:
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
         return cls(settings.max_pixels, settings.whole_image_max_pixels, settings.max_answer_bytes)
-
-
-def padded_size(spec: ModelSpec, height: int, width: int) -> tuple[int, int]:
-    """Height and width after mirror-padding to the model's size multiple."""
-    m = spec.size_multiple
-    return height + (-height) % m, width + (-width) % m
 
 
 def check_image(spec: ModelSpec, height: int, width: int, limits: Limits) -> None:
