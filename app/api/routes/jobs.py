@@ -18,7 +18,13 @@ from app.api.body import save_image_upload
 from app.api.deps import RegistryDep, SettingsDep
 from app.api.routes.segment import REQUEST_BODY
 from app.api.security import presented_key
-from app.errors import PROBLEM_CONTENT, InvalidParameter, JobNotReady, ProblemError
+from app.errors import (
+    PROBLEM_CONTENT,
+    PROBLEM_TYPE_BASE,
+    InvalidParameter,
+    JobNotReady,
+    ProblemError,
+)
 from app.imaging.encode import rle_json_text, rle_text_bytes
 from app.jobs.files import INPUT
 from app.jobs.manager import JobManager
@@ -93,7 +99,7 @@ def describe(job: Job) -> dict[str, Any]:
         body["links"]["result"] = f"/v1/jobs/{job.id}/result"
     if job.error is not None:
         body["error"] = {
-            "type": f"https://segserve.dev/problems/{job.error['type']}",
+            "type": PROBLEM_TYPE_BASE + job.error["type"],
             "title": "Job failed",
             "status": job.error["status"],
             "detail": job.error["detail"],
