@@ -41,16 +41,19 @@ class TileSpec(BaseModel):
 class ModelSpec(BaseModel):
     """Everything the service needs to know about one ONNX segmentation model.
 
-    Graph contract: input `input_name` is float32 NCHW with `input_channels`
-    channels, height and width multiples of `size_multiple` (the service mirror-pads
-    and crops back); pixel values are `(v / 255 - mean[c]) / std[c]`. Output
-    `logits_output` is float32 (N, num_classes, H, W) at input resolution; the
-    optional `labels_output` is its argmax over classes, int64 (N, H, W).
+    Graph contract: input `input_name` is NCHW with `input_channels` channels, height
+    and width multiples of `size_multiple` (the service mirror-pads and crops back).
+    With `input_dtype` "float32" the service feeds `(v / 255 - mean[c]) / std[c]`; with
+    "uint8" it feeds the pixel values themselves and the graph normalises (so a quarter
+    of the bytes travel, and the GPU does the arithmetic). Output `logits_output` is
+    float32 (N, num_classes, H, W) at input resolution; the optional `labels_output` is
+    its argmax over classes, uint8 or int64 (N, H, W). `precision` is the arithmetic
+    inside the graph (an INT8 or FP16 variant keeps the same inputs and outputs).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = 1
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
     version: str = Field(min_length=1, max_length=64)
     description: str = ""
@@ -61,6 +64,8 @@ class ModelSpec(BaseModel):
     mean: list[float]
     std: list[float]
     size_multiple: int = Field(default=1, ge=1, le=1024)
+    input_dtype: Literal["float32", "uint8"] = "float32"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
     input_name: str = "image"
     logits_output: str = "logits"
     labels_output: str | None = "labels"

@@ -55,9 +55,25 @@ def normalise(chw: np.ndarray, spec: ModelSpec, out: np.ndarray | None = None) -
     return x
 
 
+def input_dtype(spec: ModelSpec) -> np.dtype[np.generic]:
+    """The numpy dtype of the graph's input: uint8 pixels, or float32 normalised ones."""
+    return np.dtype(np.uint8) if spec.input_dtype == "uint8" else np.dtype(np.float32)
+
+
+def model_input(chw: np.ndarray, spec: ModelSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 (C, H, W) to what the graph takes: the pixels themselves when the graph
+    normalises (`input_dtype` uint8), else `normalise`d; written into `out` when given."""
+    if spec.input_dtype == "float32":
+        return normalise(chw, spec, out)
+    if out is None:
+        return np.ascontiguousarray(chw)
+    out[...] = chw
+    return out
+
+
 def preprocess(pixels: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """Canonical uint8 pixels to the float32 (1, C, H', W') input, H' and W' padded."""
-    return normalise(padded_channels(pixels, spec), spec)[None]
+    """Canonical uint8 pixels to the (1, C, H', W') graph input, H' and W' padded."""
+    return model_input(padded_channels(pixels, spec), spec)[None]
 
 
 def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:

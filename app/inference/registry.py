@@ -184,6 +184,12 @@ def _check_graph(session: ort.InferenceSession, spec: ModelSpec) -> None:
     if spec.input_name not in inputs:
         raise ValueError(f"graph has no input {spec.input_name!r} named in its metadata")
     shape = inputs[spec.input_name].shape
+    wanted = "tensor(uint8)" if spec.input_dtype == "uint8" else "tensor(float)"
+    if inputs[spec.input_name].type != wanted:
+        raise ValueError(
+            f"input {spec.input_name!r} is {inputs[spec.input_name].type}, but the metadata's "
+            f"input_dtype {spec.input_dtype!r} needs {wanted}"
+        )
     if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != spec.input_channels):
         raise ValueError(f"input shape {shape} does not match {spec.input_channels} channels NCHW")
     missing = {spec.logits_output, spec.labels_output} - {None} - outputs
@@ -196,7 +202,8 @@ def _check_graph(session: ort.InferenceSession, spec: ModelSpec) -> None:
 def warm_up(session: ort.InferenceSession, spec: ModelSpec) -> None:
     """One run on a dummy input, so the first request does not pay for initialisation."""
     side = spec.size_multiple * max(1, -(-64 // spec.size_multiple))
-    dummy = np.zeros((1, spec.input_channels, side, side), np.float32)
+    dtype = np.uint8 if spec.input_dtype == "uint8" else np.float32
+    dummy = np.zeros((1, spec.input_channels, side, side), dtype)
     outputs = session.run(None, {spec.input_name: dummy})
     logits = outputs[[o.name for o in session.get_outputs()].index(spec.logits_output)]
     if logits.shape[1] != spec.num_classes or logits.shape[2:] != (side, side):

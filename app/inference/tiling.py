@@ -31,8 +31,9 @@ from app.inference.pipeline import (
     Segmentation,
     Stopped,
     confidence_map,
+    input_dtype,
     mirror_pad,
-    normalise,
+    model_input,
     padded_channels,
     padded_size,
     run_probabilities,
@@ -245,7 +246,7 @@ def segment_tiled(
     # On a GPU the CPU's tile preparation costs about as much as the run: with
     # `pipelined_tiles` the next batch is prepared while the previous one runs.
     buffers = [
-        np.empty((plan.batch, spec.input_channels, tile_h, tile_w), np.float32)
+        np.empty((plan.batch, spec.input_channels, tile_h, tile_w), input_dtype(spec))
         for _ in range(2 if model.pipelined_tiles else 1)
     ]
     preparing = inferring = 0.0
@@ -274,7 +275,7 @@ def segment_tiled(
             spans.start("tile_batch", tile_batch_attributes, first, chunk, plan.batch, len(corners))
             tick = time.perf_counter()
             for i, (y, x) in enumerate(chunk):
-                normalise(source.tile(y, x, tile_h, tile_w), spec, out=batch[i])
+                model_input(source.tile(y, x, tile_h, tile_w), spec, out=batch[i])
             batch[len(chunk) :] = batch[0]  # a short last batch keeps the session's input shape
             tock = time.perf_counter()
             if runner is None:
