@@ -1,0 +1,310 @@
+"""Wrap any segmentation ONNX graph into segserve's one canonical contract.
+
+The canonical graph takes raw pixels and answers scores at input resolution:
+
+    image   uint8   (N, C, H, W)   the pixels as decoded, no normalisation
+    logits  float32 (N, K, H, W)   scores whose softmax over K is the class probabilities
+    labels  uint8   (N, H, W)      argmax of logits over K
+
+Inside, in this order: Cast to float, `(v / 255 - mean) / std` folded into one Mul and one
+Add, [Resize to the model's fixed input size], [Transpose to NHWC], the model itself,
+[Transpose its NHWC scores back], [Resize the scores bilinearly to the input's H, W, read at
+run time], [Log(max(p, 1e-12)) for a model that answers probabilities, so the service's
+softmax gives p back], ArgMax, Cast to uint8. Every other output of the model (torchvision's
+`aux` head) is dropped together with the nodes only it needed. The model's own tensors are
+renamed under a prefix, so a model whose names are already `image`/`logits`/`labels` (the
+shipped ones) wraps the same way.
+
+Only `onnx` is needed here (no torch, no onnxruntime). Why one graph rather than feeding each
+model its own float input and upsampling in numpy: one contract for the service (the spec
+then says `input_dtype="uint8"`), a quarter of the bytes into the session, and the resize
+and argmax run in onnxruntime's threads (on the GPU when there is one) instead of in numpy
+on the request thread; `bench/` and the README ("Serve your own model") have the timing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from app.spec import SPEC_KEY
+
+Layout = Literal["NCHW", "NHWC"]
+OutputKind = Literal["logits", "probabilities"]
+
+INPUT, LOGITS, LABELS = "image", "logits", "labels"
+MIN_OPSET = 13  # Resize with optional roi/scales, ArgMax and Slice with tensor inputs
+PROBABILITY_FLOOR = 1e-12
+_INNER = "model/"  # prefix of the wrapped model's own names
+_OWN = "canonical/"  # names of the nodes added around it
+
+
+def canonicalise(
+    model: onnx.ModelProto,
+    *,
+    input_name: str,
+    scores_output: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    layout: Layout = "NCHW",
+    scores_layout: Layout | None = None,
+    output_kind: OutputKind = "logits",
+    resize_to_input: bool = False,
+) -> onnx.ModelProto:
+    """A new model with the canonical contract around `model` (which is left unchanged).
+
+    `input_name`: the model's image input, float, NCHW or (`layout="NHWC"`) NHWC; when its
+    height and width are fixed numbers the graph resizes every input to them first (and
+    `resize_to_input` is implied). `scores_output`: the model's per-class scores, NCHW or
+    (`scores_layout`, default `layout`) NHWC, as logits or (`output_kind="probabilities"`)
+    probabilities. `resize_to_input`: the scores come at another resolution than the input
+    (an output stride, as SegFormer's 1/4) and are resized bilinearly to the input's size.
+    `mean`/`std`: per channel, for `(v / 255 - mean) / std`; their length is the channel
+    count C of `image`. Raises `ValueError` naming what does not fit.
+    """
+    channels = _check_normalisation(mean, std)
+    scores_layout = scores_layout or layout
+    if output_kind not in ("logits", "probabilities"):
+        raise ValueError(f"output_kind must be 'logits' or 'probabilities', not {output_kind!r}")
+    model = _at_least_opset(model)
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    by_name = {i.name: i for i in inputs}
+    if input_name not in by_name:
+        raise ValueError(f"the model has no input {input_name!r}; its inputs: {_names(inputs)}")
+    if len(inputs) > 1:
+        raise ValueError(
+            f"the model has inputs {_names(inputs)}; the canonical graph feeds only the image"
+        )
+    outputs = {o.name: o for o in graph.output}
+    if scores_output not in outputs:
+        raise ValueError(
+            f"the model has no output {scores_output!r}; its outputs: {_names(graph.output)}"
+        )
+    in_type = by_name[input_name].type.tensor_type
+    if in_type.elem_type not in _FLOATS:
+        raise ValueError(
+            f"input {input_name!r} is {_type_name(in_type.elem_type)}; the model must take "
+            "float pixels (it is normalised inside the canonical graph)"
+        )
+    dims = _dims(in_type)
+    if dims is not None and len(dims) != 4:
+        raise ValueError(f"input {input_name!r} has rank {len(dims)}; an image input has rank 4")
+    c_axis, hw_axes = (1, (2, 3)) if layout == "NCHW" else (3, (1, 2))
+    if dims is not None and isinstance(dims[c_axis], int) and dims[c_axis] != channels:
+        raise ValueError(
+            f"input {input_name!r} has {dims[c_axis]} channels in {layout} layout "
+            f"{_shape_text(dims)}, but mean/std give {channels}"
+        )
+    fixed = _fixed_size(dims, hw_axes)
+
+    inner = onnx.compose.add_prefix(model, _INNER)
+    nodes: list[onnx.NodeProto] = []
+    consts: list[onnx.TensorProto] = []
+
+    def const(name: str, value: np.ndarray) -> str:
+        consts.append(numpy_helper.from_array(value, _OWN + name))
+        return _OWN + name
+
+    def node(op: str, ins: Iterable[str], out: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(op, list(ins), [_OWN + out], name=_OWN + out, **attrs))
+        return _OWN + out
+
+    # Pixels to the model's input.
+    mean_a = np.asarray(mean, np.float32).reshape(1, channels, 1, 1)
+    std_a = np.asarray(std, np.float32).reshape(1, channels, 1, 1)
+    scale = (np.float32(1 / 255) / std_a).astype(np.float32)
+    bias = (-mean_a / std_a).astype(np.float32)
+    x = node("Cast", [INPUT], "pixels", to=TensorProto.FLOAT)
+    x = node("Mul", [x, const("scale", scale)], "scaled")
+    x = node("Add", [x, const("bias", bias)], "normalised")
+    image_shape = node("Shape", [INPUT], "image_shape")
+    starts, ends = (
+        const("nc_start", np.array([0], np.int64)),
+        const("nc_end", np.array([2], np.int64)),
+    )
+    hw_end = const("hw_end", np.array([4], np.int64))
+    image_nc = node("Slice", [image_shape, starts, ends], "image_nc")
+    image_hw = node("Slice", [image_shape, ends, hw_end], "image_hw")
+    if fixed is not None:
+        fixed_hw = const("fixed_hw", np.array(fixed, np.int64))
+        sizes = node("Concat", [image_nc, fixed_hw], "fixed_sizes", axis=0)
+        x = node("Resize", [x, "", "", sizes], "fixed_input", **_BILINEAR)
+        resize_to_input = True
+    if layout == "NHWC":
+        x = node("Transpose", [x], "nhwc_input", perm=[0, 2, 3, 1])
+    if in_type.elem_type != TensorProto.FLOAT:
+        x = node("Cast", [x], "model_input", to=in_type.elem_type)
+    nodes.append(helper.make_node("Identity", [x], [_INNER + input_name], name=_OWN + "feed"))
+
+    # The model's scores to logits and labels.
+    scores = _INNER + scores_output
+    out_type = outputs[scores_output].type.tensor_type
+    if out_type.elem_type != TensorProto.FLOAT:
+        scores = node("Cast", [scores], "scores_float", to=TensorProto.FLOAT)
+    if scores_layout == "NHWC":
+        scores = node("Transpose", [scores], "nchw_scores", perm=[0, 3, 1, 2])
+    if resize_to_input:
+        scores_nk = node("Slice", [node("Shape", [scores], "scores_shape"), starts, ends], "nk")
+        sizes = node("Concat", [scores_nk, image_hw], "output_sizes", axis=0)
+        scores = node("Resize", [scores, "", "", sizes], "resized", **_BILINEAR)
+    if output_kind == "probabilities":
+        floor = const("floor", np.array(PROBABILITY_FLOOR, np.float32))
+        scores = node("Log", [node("Max", [scores, floor], "floored")], "log_probabilities")
+    nodes.append(helper.make_node("Identity", [scores], [LOGITS], name=_OWN + LOGITS))
+    labels = node("ArgMax", [LOGITS], "argmax", axis=1, keepdims=0)
+    nodes.append(
+        helper.make_node("Cast", [labels], [LABELS], name=_OWN + LABELS, to=TensorProto.UINT8)
+    )
+
+    classes = _dims(out_type)
+    k_axis = 1 if scores_layout == "NCHW" else 3
+    k: int | str = "classes"
+    if classes is not None and len(classes) == 4:
+        declared = classes[k_axis]
+        k = declared if isinstance(declared, int) else k
+    graph_out = helper.make_graph(
+        _needed(nodes, inner.graph.node, [LOGITS, LABELS]),
+        inner.graph.name or "canonical",
+        [
+            helper.make_tensor_value_info(
+                INPUT, TensorProto.UINT8, ["batch", channels, "height", "width"]
+            )
+        ],
+        [
+            helper.make_tensor_value_info(
+                LOGITS, TensorProto.FLOAT, ["batch", k, "height", "width"]
+            ),
+            helper.make_tensor_value_info(LABELS, TensorProto.UINT8, ["batch", "height", "width"]),
+        ],
+    )
+    used = _used_names(graph_out.node)
+    graph_out.initializer.extend(c for c in consts if c.name in used)
+    graph_out.initializer.extend(i for i in inner.graph.initializer if i.name in used)
+    graph_out.sparse_initializer.extend(
+        s for s in inner.graph.sparse_initializer if s.values.name in used
+    )
+    graph_out.value_info.extend(v for v in inner.graph.value_info if v.name in used)
+    wrapped = helper.make_model(
+        graph_out,
+        opset_imports=list(inner.opset_import),
+        ir_version=inner.ir_version,
+        producer_name="segserve.canonical",
+        functions=list(inner.functions),
+    )
+    wrapped.doc_string = model.doc_string
+    wrapped.model_version = model.model_version
+    for prop in model.metadata_props:
+        if prop.key != SPEC_KEY:  # the spec describes the unwrapped graph; the caller writes one
+            wrapped.metadata_props.add(key=prop.key, value=prop.value)
+    if wrapped.ByteSize() < 2**31 - 2**20:  # the checker wants a path beyond 2 GiB
+        onnx.checker.check_model(wrapped)
+    return wrapped
+
+
+_FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+# torch's F.interpolate(mode="bilinear", align_corners=False) as torchvision and transformers
+# upsample their scores.
+_BILINEAR: dict[str, Any] = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+
+
+def _check_normalisation(mean: Sequence[float], std: Sequence[float]) -> int:
+    if len(mean) not in (1, 3) or len(std) != len(mean):
+        raise ValueError(
+            f"mean and std need one value per channel, 1 or 3 (got {len(mean)} and {len(std)})"
+        )
+    if any(not np.isfinite(s) or s <= 0 for s in std) or not all(np.isfinite(m) for m in mean):
+        raise ValueError("std values must be positive and mean values finite")
+    return len(mean)
+
+
+def _at_least_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if version is None:
+        raise ValueError("the model imports no default ONNX opset")
+    if version >= MIN_OPSET:
+        return model
+    try:
+        return onnx.version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:  # the converter raises several kinds
+        raise ValueError(
+            f"the model uses opset {version}; converting it to {MIN_OPSET} failed ({exc}): "
+            f"re-export it with opset {MIN_OPSET} or later"
+        ) from exc
+
+
+def _dims(tensor_type: onnx.TypeProto.Tensor) -> list[int | str | None] | None:
+    """The declared shape: ints for fixed dims, names or None for free ones; None if unknown."""
+    if not tensor_type.HasField("shape"):
+        return None
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+        for d in tensor_type.shape.dim
+    ]
+
+
+def _fixed_size(
+    dims: list[int | str | None] | None, hw_axes: tuple[int, int]
+) -> tuple[int, int] | None:
+    if dims is None:
+        return None
+    h, w = dims[hw_axes[0]], dims[hw_axes[1]]
+    if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+        return h, w
+    return None
+
+
+def _shape_text(dims: list[int | str | None]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+
+
+def _type_name(elem_type: int) -> str:
+    return str(TensorProto.DataType.Name(elem_type)).lower()
+
+
+def _names(values: Iterable[onnx.ValueInfoProto]) -> list[str]:
+    return [v.name for v in values]
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs (If, Loop, Scan bodies) read, including from outer scopes."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            for inner in sub.node:
+                names.update(inner.input)
+                names |= _subgraph_inputs(inner)
+    return names
+
+
+def _used_names(nodes: Iterable[onnx.NodeProto]) -> set[str]:
+    used: set[str] = set()
+    for n in nodes:
+        used.update(n.input)
+        used |= _subgraph_inputs(n)
+    return used
+
+
+def _needed(
+    own: list[onnx.NodeProto], inner: Iterable[onnx.NodeProto], outputs: list[str]
+) -> list[onnx.NodeProto]:
+    """The nodes the outputs depend on, in a valid order: the model's first (they are already
+    sorted), then ours. Nodes feeding only dropped outputs (an `aux` head) are left out."""
+    ordered = [*own[: _feed_index(own) + 1], *inner, *own[_feed_index(own) + 1 :]]
+    wanted = set(outputs)
+    kept: list[onnx.NodeProto] = []
+    for n in reversed(ordered):
+        if wanted.intersection(n.output):
+            kept.append(n)
+            wanted.update(n.input)
+            wanted |= _subgraph_inputs(n)
+    return kept[::-1]
+
+
+def _feed_index(own: list[onnx.NodeProto]) -> int:
+    return next(i for i, n in enumerate(own) if n.name == _OWN + "feed")
