@@ -7,7 +7,7 @@ import tempfile
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -158,6 +158,15 @@ class Settings(BaseSettings):
         gt=0,
         description="Time for a request's line and headers to arrive once a connection is "
         "open or its previous answer sent; then the connection is closed (408).",
+    )
+    # Worker processes (PROC).
+    processes: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        "auto",
+        description="Worker processes serving SEG_PORT, each with its own sessions (on the same "
+        "GPU on CUDA): a number, or auto: 1 when the sessions run on CPU (one inference "
+        "already uses every core), one per two cores, 2 to 8, when they really run on CUDA. "
+        "Limits (SEG_MAX_PENDING, SEG_MAX_PENDING_PIXELS, SEG_MAX_CONNECTIONS) hold per "
+        "process; the job worker and gRPC run in the first process only.",
     )
     grpc_port: int | None = Field(
         None,

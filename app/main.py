@@ -25,12 +25,8 @@ from app.inference.session import SessionFactory, _ort_session, default_workers
 from app.inference.workers import InferencePool
 from app.jobs.manager import JobManager
 from app.main_info import SERVER_NAME, VERSION
-from app.observability import (
-    BatchCollector,
-    Metrics,
-    RequestContextMiddleware,
-    configure_logging,
-)
+from app.observability import Metrics, RequestContextMiddleware, configure_logging
+from app.supervisor import ProcessRole
 from app.tracing_setup import install_tracing
 
 log = logging.getLogger("segserve")
@@ -39,23 +35,29 @@ log = logging.getLogger("segserve")
 # to stop: tiled work ends at its next tile, queued work is dropped. A single session run
 # still going then is left to end with the process.
 STOP_GRACE_S = 1.0
+# With several processes, how often the job worker looks for jobs other processes queued.
+SHARED_JOB_POLL_S = 0.5
 
 
 def create_app(
-    settings: Settings | None = None, session_factory: SessionFactory = _ort_session
+    settings: Settings | None = None,
+    session_factory: SessionFactory = _ort_session,
+    role: ProcessRole | None = None,
 ) -> FastAPI:
+    """The app; `role` places it among SEG_PROCESSES worker processes (app/supervisor.py):
+    only the first runs the job worker and the gRPC server."""
     settings = settings or Settings()
+    role = role or ProcessRole()
+    if not role.primary:
+        settings = settings.model_copy(update={"grpc_port": None})
     configure_logging(settings.log_level)
     registry = ModelRegistry(settings, session_factory)
-    app_metrics = Metrics()
-    app_metrics.registry.register(
-        BatchCollector(
-            lambda: [
-                (e.name, e.batcher.batches, e.batcher.rows)
-                for e in registry.served()
-                if e.batcher is not None
-            ]
-        )
+    app_metrics = Metrics(
+        lambda: [
+            (e.name, e.batcher.batches, e.batcher.rows)
+            for e in registry.served()
+            if e.batcher is not None
+        ]
     )
 
     @asynccontextmanager
@@ -72,18 +74,30 @@ def create_app(
         threading.Thread(target=registry.load_all, name="load-models", daemon=True).start()
         # Resumes the jobs a stop or a crash interrupted; runs them on the same workers and
         # pixel budget as synchronous requests.
-        jobs = JobManager(settings, registry, executor, app.state.admission)
+        jobs = JobManager(
+            settings,
+            registry,
+            executor,
+            app.state.admission,
+            idle_poll_s=SHARED_JOB_POLL_S if role.supervised else None,
+        )
         app.state.jobs = jobs
-        jobs.start()
+        if role.primary:
+            jobs.start()
         log.info(
-            "models from %s, device=%s, %s worker(s) x %d onnxruntime thread(s), %d cores",
+            "models from %s, device=%s, %s worker(s) x %d onnxruntime thread(s), %d cores%s",
             settings.resolved_model_dir,
             settings.device.value,
             settings.workers or "auto",
             settings.intra_op_threads,
             os.cpu_count() or 1,
+            f", process {role.index + 1} of {role.count}" if role.count > 1 else "",
         )
         try:
+            if not role.accepts_while_loading:
+                # Connections wait in the shared listener's queue meanwhile, for the processes
+                # already serving; a stop signal ends the wait.
+                await _wait_until(lambda: registry.loaded.is_set() or registry.draining, None)
             yield
         finally:
             # Requests still running were cancelled, and with them told to stop. Drop what
@@ -123,7 +137,7 @@ def create_app(
     return app
 
 
-async def _wait_until(condition: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:
+async def _wait_until(condition: Callable[[], bool], timeout_s: float | None) -> None:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while not condition() and (deadline is None or time.monotonic() < deadline):
         await asyncio.sleep(0.02)

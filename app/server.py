@@ -15,7 +15,9 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.connections import ConnectionGuard, guarded_protocol
+from app.inference.registry import ModelRegistry
 from app.inference.session import SessionFactory
+from app.supervisor import ProcessRole, Supervisor, planned_processes
 
 log = logging.getLogger("segserve.server")
 
@@ -108,14 +110,35 @@ def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
 
 
 def serve(settings: Settings, session_factory: SessionFactory | None = None) -> None:
-    """Run the service until SIGTERM or SIGINT (blocking); `session_factory` is for tests."""
+    """Run the service until SIGTERM or SIGINT (blocking); `session_factory` is for tests (a
+    picklable one with several processes). With several worker processes (SEG_PROCESSES)
+    this process supervises them (app/supervisor.py) and exits non-zero when they cannot
+    start."""
+    count = planned_processes(settings)
+    if count != 1:
+        status = Supervisor(settings, session_factory, count).run()
+        if status != 0:
+            raise SystemExit(status)
+        return
+    server, _ = worker_server(settings, ProcessRole(), session_factory)
+    server.run()
+
+
+def worker_server(
+    settings: Settings, role: ProcessRole, session_factory: SessionFactory | None = None
+) -> tuple[DrainingServer, ModelRegistry]:
+    """The app as `role` runs it and the uvicorn server to run it with, and its registry."""
     from app.main import create_app
 
-    app = create_app(settings) if session_factory is None else create_app(settings, session_factory)
-    config = server_config(app, settings)
-    DrainingServer(
-        config,
+    app = (
+        create_app(settings, role=role)
+        if session_factory is None
+        else create_app(settings, session_factory, role)
+    )
+    server = DrainingServer(
+        server_config(app, settings),
         app.state.registry.start_draining,
         settings.drain_delay_s,
         app.state.admission.abort,
-    ).run()
+    )
+    return server, app.state.registry

@@ -47,6 +47,7 @@ from app.service.budget import Limits, check_image
 log = logging.getLogger("segserve.jobs")
 
 SWEEP_EVERY_S = 60.0
+IDLE_POLL_S = 5.0  # a submission in this process wakes the worker at once
 
 
 class JobManager:
@@ -56,11 +57,17 @@ class JobManager:
         registry: ModelRegistry,
         executor: Executor | None = None,
         admission: Admission | None = None,
+        idle_poll_s: float | None = None,
     ) -> None:
         """With `executor` and `admission` (the service's), every session run of a job goes
         through the same inference workers as synchronous requests, and its tile batch holds
-        its pixels in the same budget (SEG_MAX_PENDING_PIXELS) while it waits and runs."""
+        its pixels in the same budget (SEG_MAX_PENDING_PIXELS) while it waits and runs.
+
+        With several worker processes only one runs `start` (the worker); the others queue
+        and cancel jobs in the shared store: the worker looks for new jobs every
+        `idle_poll_s` and for a cancel after every tile batch."""
         self.settings = settings
+        self.idle_poll_s = IDLE_POLL_S if idle_poll_s is None else idle_poll_s
         self.registry = registry
         self.executor, self.admission = executor, admission
         self.root = settings.job_dir.expanduser().resolve()
@@ -201,7 +208,7 @@ class JobManager:
                 self.sweep()
             queued = self.store.find(states=(JobState.queued,))
             if not queued:
-                self.wake.wait(5.0)
+                self.wake.wait(self.idle_poll_s)
                 self.wake.clear()
                 continue
             self.run(queued[0])
@@ -282,6 +289,9 @@ class JobManager:
 
         def progress(done: int, total: int) -> None:
             self.store.update(job.id, tiles_done=done, tiles_total=total)
+            stored = self.store.get(job.id)
+            if stored is None or stored.cancel_requested:  # asked in another process
+                cancel.set()
             if on_batch is not None:
                 on_batch()
 

@@ -33,6 +33,17 @@ class SlowSession:
         return getattr(self._session, name)
 
 
+class SlowFactory:
+    """A session factory making `SlowSession`s; picklable, for worker processes
+    (SEG_PROCESSES)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def __call__(self, path: str, options: ort.SessionOptions, providers: list[Any]) -> Any:
+        return SlowSession(ort.InferenceSession(path, options, providers=providers), self.delay)
+
+
 @contextlib.contextmanager
 def slow_server(
     model_dir: Path, seconds_per_run: float, **env: str
@@ -49,11 +60,7 @@ def main() -> None:
     from app.server import serve
 
     model_dir, port, delay = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-
-    def factory(path: str, options: ort.SessionOptions, providers: list[Any]) -> Any:
-        return SlowSession(ort.InferenceSession(path, options, providers=providers), delay)
-
-    serve(Settings(model_dir=model_dir, port=port), factory)
+    serve(Settings(model_dir=model_dir, port=port), SlowFactory(delay))
 
 
 if __name__ == "__main__":

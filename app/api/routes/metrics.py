@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import MetricsDep
 
@@ -10,4 +9,5 @@ router = APIRouter(tags=["metrics"])
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(metrics: MetricsDep) -> Response:
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Every worker process's samples, added up, when SEG_PROCESSES runs several."""
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
