@@ -20,6 +20,7 @@ import argparse
 import json
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -108,15 +109,19 @@ def servers(
 def raw(
     model_file: Path, pixels: np.ndarray, threads: int, device: Device, repeats: int, batch: int = 1
 ) -> tuple[Stats, np.ndarray]:
-    """`session.run` of the argmax output on the preprocessed image (the floor every server
-    pays), and the class map every server must answer."""
-    model = load_model(model_file, threads, device.value)
-    spec = model.spec
-    x = np.ascontiguousarray(np.repeat(to_input(pixels, spec), batch, axis=0))
-    stats = time_calls(
-        lambda: model.session.run([spec.labels_output], {spec.input_name: x}), repeats
-    )
-    return stats, predict(model, pixels)
+    """`session.run` of the argmax output on the preprocessed image: the floor every server
+    pays, the faster of onnxruntime's default session (the peers') and one whose idle
+    threads do not spin (segserve's); and the class map every server must answer."""
+    best: Stats | None = None
+    for spinning in (True, False):
+        model = load_model(model_file, threads, device.value, spinning=spinning)
+        spec = model.spec
+        x = np.ascontiguousarray(np.repeat(to_input(pixels, spec), batch, axis=0))
+        run = partial(model.session.run, [spec.labels_output], {spec.input_name: x})
+        stats = time_calls(run, repeats)
+        best = stats if best is None or stats.p50_ms < best.p50_ms else best
+    assert best is not None
+    return best, predict(model, pixels)
 
 
 def run(
@@ -142,6 +147,8 @@ def run(
             "segserve has no SEG_PRECISION setting yet: its default is the FP32 row"
         )
     logs = logs or Path(tempfile.mkdtemp(prefix="peers-bench-"))
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"server logs: {logs}", flush=True)
     models: dict[str, Any] = {}
     pixels_of: dict[str, np.ndarray] = {}
     for name, image in images.items():

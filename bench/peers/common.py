@@ -31,10 +31,15 @@ class PeerModel:
     spec: ModelSpec
 
 
-def load_model(path: Path | str, threads: int, device: str = "cpu") -> PeerModel:
-    """An InferenceSession on the file and the spec from its metadata."""
+def load_model(
+    path: Path | str, threads: int, device: str = "cpu", spinning: bool = True
+) -> PeerModel:
+    """An InferenceSession on the file and the spec from its metadata. The peers keep
+    onnxruntime's defaults (`spinning`: idle intra-op threads spin for work)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
         providers.insert(0, "CUDAExecutionProvider")
