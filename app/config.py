@@ -28,6 +28,19 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
     model_dir: Path = Field(SHIPPED_MODEL_DIR, description="Folder of *.onnx models to serve.")
     device: Device = Field(Device.auto, description="Execution provider: auto, cuda or cpu.")
+    # Model repository (REG).
+    precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        "auto",
+        description="Which precision variant of a model serves: auto (int8 on the CPU "
+        "provider, fp16 on CUDA, when the model has one; else fp32), or fp32, fp16, int8 "
+        "(a model without that variant serves fp32 and says so in its status).",
+    )
+    model_poll_s: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds between reads of SEG_MODEL_DIR for added, changed and removed "
+        "models (off when unset).",
+    )
     workers: int | None = Field(
         None,
         ge=1,
@@ -231,6 +244,11 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+    @field_validator("model_poll_s", mode="before")
+    @classmethod
+    def _empty_poll_is_off(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def cors_origin_list(self) -> list[str]:

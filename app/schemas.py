@@ -15,6 +15,9 @@ class ModelStatus(BaseModel):
     state: Literal["loading", "ready", "failed"]
     reason: str | None = None
     providers: list[str] = Field(default_factory=list, description="Providers really in use.")
+    version: str | None = Field(None, description="The model version (unknown: unreadable).")
+    precision: str | None = Field(None, description="The variant serving: fp32, fp16, int8.")
+    note: str | None = Field(None, description="E.g. the precision asked for is missing.")
 
 
 class ReadinessReport(BaseModel):
@@ -28,6 +31,12 @@ class ModelInfo(BaseModel):
     providers: list[str]
     file: str
     spec: ModelSpec
+    default: bool = Field(True, description="The version served when none is named.")
+    precision: str = Field("fp32", description="The precision variant serving.")
+    precisions: list[str] = Field(
+        default_factory=list, description="The precision variants found for this version."
+    )
+    note: str | None = Field(None, description="E.g. the precision asked for is missing.")
 
 
 class ModelList(BaseModel):

@@ -54,7 +54,6 @@ TARGETS = {"unet-isbi": 1.05, "dilated-camvid": 1.3}  # end-to-end p50 / raw p50
 
 def raw_and_pipeline(registry: ModelRegistry, name: str, repeats: int) -> dict[str, Any]:
     model = registry.get(name)
-    assert model.spec is not None and model.session is not None
     data = SAMPLE[name].read_bytes()
     pixels = sample_pixels(name, model.spec.input_channels)
     x = preprocess(pixels, model.spec)
@@ -71,7 +70,6 @@ def raw_and_pipeline(registry: ModelRegistry, name: str, repeats: int) -> dict[s
 def tiled_vs_raw(registry: ModelRegistry, side: int) -> dict[str, Any]:
     """px/s of the tiled pipeline vs session.run on the very same tile batches."""
     model = registry.get("unet-isbi")
-    assert model.spec is not None and model.session is not None
     spec, session = model.spec, model.session
     pixels = em_mosaic(side)
     plan = choose_plan(spec, side, side, 0, batch=model.tile_batch)  # force tiling
@@ -137,7 +135,7 @@ def io_binding(registry: ModelRegistry, repeats: int) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for name in TARGETS:
         model = registry.get(name)
-        assert model.spec is not None and model.session is not None and model.spec.labels_output
+        assert model.spec.labels_output
         one = preprocess(sample_pixels(name, model.spec.input_channels), model.spec)
         for n in (1, 8):
             x = np.ascontiguousarray(np.repeat(one, n, axis=0))
@@ -157,7 +155,6 @@ def algo_search(model_dir: Path, repeats: int) -> dict[str, Any]:
         )
         for name in TARGETS:
             model = registry.get(name)
-            assert model.spec is not None and model.session is not None
             x = preprocess(sample_pixels(name, model.spec.input_channels), model.spec)
             session, output = model.session, model.spec.labels_output
             feeds = {model.spec.input_name: x}

@@ -45,7 +45,7 @@ def compare(model_dir: Path) -> dict[str, Any]:
     report: dict[str, Any] = {
         "models": {
             e.file: {"state": e.state.value, "reason": e.reason, "providers": e.providers}
-            for e in cuda.entries
+            for e in cuda.statuses
         },
     }
     if not cuda.ready:  # no CUDA here: the reasons above say why; nothing to compare
@@ -54,14 +54,12 @@ def compare(model_dir: Path) -> dict[str, Any]:
         return report
     for name in SAMPLE:
         on_gpu, on_cpu = cuda.get(name), cpu.get(name)
-        assert on_gpu.spec is not None
         pixels = sample_pixels(name, on_gpu.spec.input_channels)
         report[f"{name} one pass agreement"] = agreement(
             segment(on_gpu, pixels).labels, segment(on_cpu, pixels).labels
         )
     mosaic = em_mosaic(2048)
     unet_gpu, unet_cpu = cuda.get("unet-isbi"), cpu.get("unet-isbi")
-    assert unet_gpu.spec is not None
     plan = choose_plan(unet_gpu.spec, 2048, 2048, 0)
     assert plan is not None
     report["unet-isbi tiled 2048 agreement"] = agreement(

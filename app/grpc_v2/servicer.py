@@ -31,7 +31,7 @@ from app.grpc_v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 from app.grpc_v2.tensors import infer_response, input_tensors, wanted_outputs
 from app.inference.admission import Admission
 from app.inference.pipeline import Stopped
-from app.inference.registry import ModelEntry, ModelRegistry, ModelState
+from app.inference.registry import ModelEntry, ModelRegistry
 from app.main_info import SERVER_NAME, VERSION
 from app.service import v2_infer
 
@@ -155,7 +155,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         log.info("rpc", extra={"fields": fields})
 
     def _entry(self, name: str, version: str) -> ModelEntry:
-        return v2_infer.find_model(self.registry, name, version or None)
+        return self.registry.get(name, version or None)
 
     # The protocol's RPCs.
 
@@ -173,9 +173,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> Any:
         async def handle(r: pb.ModelReadyRequest, _: Context) -> pb.ModelReadyResponse:
-            return pb.ModelReadyResponse(
-                ready=self._entry(r.name, r.version).state is ModelState.ready
-            )
+            try:
+                self._entry(r.name, r.version)
+            except ModelNotReady:
+                return pb.ModelReadyResponse(ready=False)
+            return pb.ModelReadyResponse(ready=True)
 
         return await self._call("ModelReady", request, context, handle, _name(request))
 
@@ -187,7 +189,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> Any:
         async def handle(r: pb.ModelMetadataRequest, _: Context) -> pb.ModelMetadataResponse:
-            meta = v2_infer.model_metadata(self._entry(r.name, r.version))
+            entry = self._entry(r.name, r.version)
+            versions = [e.version for e in self.registry.versions(entry.name)]
+            meta = v2_infer.model_metadata(entry, versions)
             tensor = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(
                 name=meta["name"],
@@ -205,9 +209,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest, context: Context) -> Any:
         entry = self._entry(request.model_name, request.model_version)
-        assert entry.spec is not None
-        if entry.state is not ModelState.ready:
-            raise ModelNotReady(f"model {entry.name!r} is {entry.state.value}")
         admission: Admission = self.state.admission
         admission.check_capacity()
         wanted = wanted_outputs(request)

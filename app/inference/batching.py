@@ -39,6 +39,10 @@ class _Request:
         return self.output, self.x.shape[1:], self.x.dtype
 
 
+class BatcherClosed(RuntimeError):
+    """The batcher stopped (its model was replaced or unloaded): run the rows directly."""
+
+
 class DynamicBatcher:
     def __init__(self, run: RunFn, max_batch: int, max_delay_s: float, name: str = "") -> None:
         self.run = run
@@ -57,7 +61,7 @@ class DynamicBatcher:
         request = _Request(output, x)
         with self.changed:
             if self.closed:
-                raise RuntimeError("the batcher is closed")
+                raise BatcherClosed("the batcher is closed")
             self.waiting.append(request)
             self.changed.notify_all()
         return request.result.result()

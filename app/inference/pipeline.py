@@ -112,7 +112,6 @@ def run_probabilities(
     """Softmax (N, K, H, W) for a preprocessed batch. With `tta`, the average over the 8
     flips and 90-degree rotations of the input (the U-Net paper's test-time augmentation),
     each mapped back before averaging; `should_stop` is asked before each view."""
-    assert model.spec is not None
     spec = model.spec
 
     def probabilities(batch: np.ndarray) -> np.ndarray:
@@ -149,7 +148,6 @@ def segment(
 ) -> Segmentation:
     """Class map for one decoded image in one pass; uses the graph's argmax output when
     nothing else is asked for (no float logits leave the session then)."""
-    assert model.spec is not None
     spec = model.spec
     h, w = pixels.shape[:2]
     started = time.perf_counter()

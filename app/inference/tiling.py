@@ -200,7 +200,6 @@ def segment_tiled(
     `confidence_out`) when given (e.g. file-backed arrays), tiles before `first_tile`
     (rounded down to a batch) are taken as done, and `on_progress(done, total)` is called
     after each batch is written."""
-    assert model.spec is not None
     spec = model.spec
     started = time.perf_counter()
     height, width = pixels.shape[:2]

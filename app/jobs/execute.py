@@ -59,7 +59,6 @@ def segment_job(
 ) -> None:
     """Segment `source` into the job's folder, from tile `tiles_done` on; `progress(done,
     total)` is called once the maps on disk hold those tiles (and may record them)."""
-    assert model.spec is not None
     height, width = source.shape[:2]
     plan = choose_plan(
         model.spec,

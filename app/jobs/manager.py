@@ -105,7 +105,6 @@ class JobManager:
     def submit(self, job_id: str, owner: str, model: ModelEntry, options: dict[str, Any]) -> Job:
         """Queue the job whose upload is in its folder; 4xx (and the folder removed) when the
         image is unusable, too large or over the disk quota."""
-        assert model.spec is not None
         folder = self.folder(job_id)
         try:
             tiff = input_is_tiff(folder / INPUT)
@@ -258,10 +257,12 @@ class JobManager:
         return job
 
     def _run(self, job: Job, cancel: threading.Event, on_batch: Callable[[], None] | None) -> None:
-        model = self.registry.get(job.model)
-        assert model.spec is not None
-        if model.spec.version != job.model_version:
-            raise ModelNotFound(f"model {job.model} {job.model_version} is no longer served")
+        try:
+            model = self.registry.get(job.model, job.model_version)
+        except ModelNotFound:
+            raise ModelNotFound(
+                f"model {job.model} {job.model_version} is no longer served"
+            ) from None
         folder = self.folder(job.id)
         tiff = input_is_tiff(folder / INPUT)
         source: np.ndarray | TiffRegions

@@ -58,7 +58,6 @@ def render(
 ) -> tuple[bytes, str]:
     """Body and media type; adds the encode time to `timings`. `georef`: the GeoTIFF's
     map coordinates for format=geojson."""
-    assert model.spec is not None
     spec = model.spec
     started = time.perf_counter()
     if options.format == "json":
@@ -87,7 +86,6 @@ def _json(
     timings: dict[str, float],
     started: float,
 ) -> bytes:
-    assert model.spec is not None
     spec, labels = model.spec, result.labels
     height, width = labels.shape
     if options.encoding == "list":

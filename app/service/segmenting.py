@@ -65,7 +65,6 @@ def infer_pixels(
     """Class map (and, when asked, confidence or probabilities) for decoded uint8 pixels,
     (H, W) grey or (H, W, 3) RGB: one pass up to `whole_image_max_pixels` padded pixels,
     overlap-tiles above. Work stops between tiles and views once `stop` is set."""
-    assert model.spec is not None
     height, width = pixels.shape[:2]
     check_image(model.spec, height, width, limits)
     plan = choose_plan(
@@ -93,7 +92,6 @@ def segment_file(
 ) -> SegmentResult:
     """An encoded image (bytes or a seekable binary file) to the encoded answer `options`
     ask for. CPU work from start to end: callers run it in the inference executor."""
-    assert model.spec is not None
     started = time.perf_counter()
     spec = model.spec
     source = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source

@@ -18,10 +18,11 @@ import numpy as np
 
 from app import tracing
 from app.config import Settings
-from app.errors import BadInferenceRequest, ModelNotFound, PayloadTooLarge
+from app.errors import BadInferenceRequest, PayloadTooLarge
 from app.imaging.decode import declared_pixels, decode_image
 from app.inference.pipeline import Stopped
-from app.inference.registry import ModelEntry, ModelRegistry
+from app.inference.registry import ModelEntry
+from app.inference.registry import shown as shown
 from app.inference.v2_codec import InferenceRequest
 from app.service.budget import JSON_BYTES_PER_FLOAT, JSON_BYTES_PER_LABEL, Limits, check_answer
 from app.service.segmenting import infer_pixels
@@ -39,31 +40,13 @@ class V2Result:
     inference_ms: float  # session time over every image
 
 
-def shown(text: str, limit: int = 64) -> str:
-    """A client's name as echoed in an error: cut to `limit` characters (names come from
-    request bodies and gRPC messages of up to SEG_MAX_UPLOAD_BYTES)."""
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def find_model(registry: ModelRegistry, name: str, version: str | None = None) -> ModelEntry:
-    """The served model of that name (and version, when given); 404 otherwise."""
-    for entry in registry.served():
-        if entry.name == name and (
-            version is None or (entry.spec and entry.spec.version == version)
-        ):
-            return entry
-    raise ModelNotFound(
-        f"unknown model {shown(name)!r}" + (f" version {shown(version)!r}" if version else "")
-    )
-
-
-def model_metadata(entry: ModelEntry) -> dict[str, Any]:
-    """The protocol's model metadata: inputs, outputs, and segserve's parameters."""
-    assert entry.spec is not None
+def model_metadata(entry: ModelEntry, versions: list[str]) -> dict[str, Any]:
+    """The protocol's model metadata: inputs, outputs, and segserve's parameters;
+    `versions`: every version of the model that serves."""
     spec = entry.spec
     return {
         "name": spec.name,
-        "versions": [spec.version],
+        "versions": versions,
         "platform": "onnxruntime_onnx",
         "inputs": [
             {"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, spec.input_channels]},
@@ -73,7 +56,13 @@ def model_metadata(entry: ModelEntry) -> dict[str, Any]:
             {"name": "labels", "datatype": "UINT8", "shape": [-1, -1, -1]},
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, spec.num_classes, -1, -1]},
         ],
-        "parameters": {"classes": spec.classes, "providers": entry.providers},
+        "parameters": {
+            "classes": spec.classes,
+            "providers": entry.providers,
+            "version": spec.version,
+            "precision": spec.precision,
+            "precisions": entry.variants,
+        },
     }
 
 
@@ -143,7 +132,6 @@ def check_answer_size(
     entry: ModelEntry, images: list[np.ndarray], wanted: Wanted, limits: Limits
 ) -> None:
     """Refuse, before any inference, outputs that would pass SEG_MAX_ANSWER_BYTES."""
-    assert entry.spec is not None
     pixels = sum(image.shape[0] * image.shape[1] for image in images)
     size = 0
     for name, binary in wanted:

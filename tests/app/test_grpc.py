@@ -434,7 +434,7 @@ def test_not_ready_model_is_unavailable(tmp_path: Path) -> None:
         triton.InferenceServerClient(f"127.0.0.1:{port}") as grpc_client,
     ):
         deadline = time.monotonic() + 20
-        while http.get("/v1/models/tiny-grey").json()["state"] == "loading":
+        while http.get("/health/ready").json()["models"][0]["state"] == "loading":
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert grpc_client.is_server_live()
@@ -443,7 +443,8 @@ def test_not_ready_model_is_unavailable(tmp_path: Path) -> None:
         code, message = status(
             lambda: grpc_client.infer("tiny-grey", [image_input(noise((1, 8, 8, 1)))])
         )
-        assert (code, message) == ("StatusCode.UNAVAILABLE", "model 'tiny-grey' is failed")
+        assert code == "StatusCode.UNAVAILABLE"
+        assert message == "model 'tiny-grey' is failed: no inference today"
 
 
 def test_no_grpc_port_unless_set(models: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from app.config import Device, Settings
 from app.errors import ModelNotFound, ModelNotReady
-from app.inference.registry import ModelEntry, ModelRegistry, ModelState, public_reason
+from app.inference.registry import ModelRegistry, ModelState, ModelStatus, public_reason
 from app.inference.session import (
     CPU,
     CUDA,
@@ -33,7 +33,7 @@ def load(directory: Path, device: Device = Device.cpu, **kwargs: object) -> Mode
 
 
 def states(registry: ModelRegistry) -> dict[str, tuple[str, str | None]]:
-    return {e.file: (e.state.value, e.reason) for e in registry.entries}
+    return {e.file: (e.state.value, e.reason) for e in registry.statuses}
 
 
 def test_good_models_load_warm_and_serve(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def test_bad_files_fail_alone_with_reasons(tmp_path: Path) -> None:
     assert "already serves" in reasons["zz-duplicate.onnx"]
     assert "channels" in reasons["mismatch.onnx"]
     assert all(str(tmp_path) not in r for r in reasons.values())  # no paths leak to clients
-    assert registry.get("good").state is ModelState.ready
+    assert registry.get("good").status().state is ModelState.ready
 
 
 def test_empty_and_missing_directories_are_not_ready(tmp_path: Path) -> None:
@@ -93,8 +93,10 @@ def test_empty_and_missing_directories_are_not_ready(tmp_path: Path) -> None:
 
 def test_loading_models_answer_503() -> None:
     registry = ModelRegistry(Settings(model_dir=Path("/nonexistent")))
-    registry.entries = [ModelEntry("a.onnx")]  # discovered, not loaded yet
-    with pytest.raises(ModelNotReady):
+    with pytest.raises(ModelNotReady, match="still loading"):
+        registry.get("b")  # nothing read yet
+    registry.statuses = [ModelStatus("a.onnx", "a", ModelState.loading, "1")]  # discovered
+    with pytest.raises(ModelNotReady, match="loading"):
         registry.get("a")
 
 
@@ -193,6 +195,9 @@ def test_public_reasons_name_files_only_and_the_log_keeps_the_full_text(
     from tests.app.tiny_models import build_graph
 
     model = build_graph("threshold")
+    for key, value in spec_for("threshold", "future").to_metadata().items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
     model.ir_version = 99  # onnxruntime's error names its own source file and C++ function
     onnx.save(model, str(tmp_path / "future.onnx"))
     with caplog.at_level(logging.ERROR, logger="segserve.registry"):

@@ -31,8 +31,11 @@ async def ready(registry: RegistryDep) -> JSONResponse:
                 state=e.state.value,
                 reason=e.reason,
                 providers=e.providers,
+                version=e.version,
+                precision=e.precision,
+                note=e.note,
             )
-            for e in registry.entries
+            for e in registry.statuses
         ],
     )
     return JSONResponse(report.model_dump(mode="json"), status_code=200 if report.ready else 503)

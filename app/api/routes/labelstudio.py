@@ -79,7 +79,6 @@ class PredictRequest(Lenient):
 
 
 def model_version(model: ModelEntry) -> str:
-    assert model.spec is not None
     return f"{model.spec.name}-{model.spec.version}"
 
 
@@ -105,7 +104,6 @@ async def setup(
     request: Request, registry: RegistryDep, settings: SettingsDep, name: ModelName
 ) -> dict[str, Any]:
     model = registry.get(name)
-    assert model.spec is not None
     body = await _json_body(request, settings, 1 << 20)
     try:
         config = SetupRequest.model_validate(body).label_config
@@ -138,7 +136,6 @@ async def predict(
     name: ModelName,
 ) -> Response:
     model = registry.get(name)
-    assert model.spec is not None
     admission.check_capacity()
     # Base64 data URIs are 4/3 of the image; the JSON around them is small.
     body = await _json_body(request, settings, settings.max_upload_bytes * 4 // 3 + (1 << 20))

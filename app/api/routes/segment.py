@@ -95,9 +95,7 @@ def choose_format(query: OutputFormat | None, accept: str | None) -> OutputForma
     )
 
 
-@router.post(
-    "/{name}/segment",
-    summary="Segment one image",
+SEGMENT_ROUTE: dict[str, Any] = dict(
     description=(
         "Returns the per-pixel class map at the input's resolution: `png` (default) is a "
         "palette PNG whose pixel values are class indices, `json` gives the map run-length "
@@ -109,7 +107,6 @@ def choose_format(query: OutputFormat | None, accept: str | None) -> OutputForma
         "GeoTIFF, in its map coordinates and CRS, simplified by `simplify`. "
         "The format comes from `format`, else from the Accept header."
     ),
-    openapi_extra={"requestBody": REQUEST_BODY},
     response_class=Response,
     responses={
         200: {
@@ -133,6 +130,27 @@ def choose_format(query: OutputFormat | None, accept: str | None) -> OutputForma
         422: {"description": "Invalid parameters", **PROBLEM_CONTENT},
         503: {"description": "Model not ready, or overloaded (see Retry-After)", **PROBLEM_CONTENT},
     },
+)
+VERSION_PARAMETER = {
+    "name": "version",
+    "in": "path",
+    "required": True,
+    "description": "Model version, as listed by GET /v1/models",
+    "schema": {"type": "string"},
+}
+
+
+@router.post(
+    "/{name}/segment",
+    summary="Segment one image",
+    openapi_extra={"requestBody": REQUEST_BODY},
+    **SEGMENT_ROUTE,
+)
+@router.post(
+    "/{name}/versions/{version}/segment",
+    summary="Segment one image with one version of the model",
+    openapi_extra={"requestBody": REQUEST_BODY, "parameters": [VERSION_PARAMETER]},
+    **SEGMENT_ROUTE,
 )
 async def segment_image(
     request: Request,
@@ -171,8 +189,8 @@ async def segment_image(
         choose_format(format, accept), alpha, encoding, tiling, tile_size, tile_overlap, tta,
         simplify,
     )  # fmt: skip
-    model = registry.get(name)
-    tracing.annotate_model(model.name, model.spec.version if model.spec else None)
+    model = registry.get(name, request.path_params.get("version"))  # the highest by default
+    tracing.annotate_model(model.name, model.version)
     admission.check_capacity()  # refuse before reading the body when the queue is full
     upload = await read_image_upload(request, settings)
     try:
@@ -193,7 +211,6 @@ async def segment_image(
         )
     finally:
         upload.close()
-    assert model.spec is not None
     timings = result.timings_ms
     metrics.inference.labels(model.spec.name).observe(timings["inference"] / 1000)
     return Response(

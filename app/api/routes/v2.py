@@ -18,8 +18,8 @@ from app import tracing
 from app.api.body import read_limited
 from app.api.deps import AdmissionDep, ExecutorDep, MetricsDep, RegistryDep, SettingsDep
 from app.config import Settings
-from app.errors import V2_ERROR_CONTENT
-from app.inference.registry import ModelEntry, ModelState
+from app.errors import V2_ERROR_CONTENT, ModelNotReady
+from app.inference.registry import ModelEntry, ModelRegistry
 from app.inference.v2_codec import InferenceRequest, encode_response, parse_request
 from app.main_info import SERVER_NAME, VERSION
 from app.service import v2_infer
@@ -53,31 +53,39 @@ async def ready(registry: RegistryDep) -> JSONResponse:
     return JSONResponse({"ready": registry.ready}, status_code=200 if registry.ready else 503)
 
 
+def _metadata(registry: ModelRegistry, name: str, version: str | None) -> dict[str, Any]:
+    entry = registry.get(name, version)
+    return v2_infer.model_metadata(entry, [e.version for e in registry.versions(name)])
+
+
 @router.get("/models/{name}", summary="Model metadata")
 async def model_metadata(registry: RegistryDep, name: str) -> dict[str, Any]:
-    return v2_infer.model_metadata(v2_infer.find_model(registry, name))
+    return _metadata(registry, name, None)
 
 
 @router.get("/models/{name}/versions/{version}", summary="Model metadata (one version)")
 async def model_version_metadata(registry: RegistryDep, name: str, version: str) -> dict[str, Any]:
-    return v2_infer.model_metadata(v2_infer.find_model(registry, name, version))
+    return _metadata(registry, name, version)
 
 
-def _ready_response(entry: ModelEntry) -> JSONResponse:
-    is_ready = entry.state is ModelState.ready
-    return JSONResponse(
-        {"name": entry.name, "ready": is_ready}, status_code=200 if is_ready else 503
-    )
+def _ready_response(registry: ModelRegistry, name: str, version: str | None) -> JSONResponse:
+    """200 and ready when the model (version) serves; 503 and not ready while it loads or
+    when it failed; 404 when unknown."""
+    try:
+        entry = registry.get(name, version)
+    except ModelNotReady:
+        return JSONResponse({"name": name, "ready": False}, status_code=503)
+    return JSONResponse({"name": entry.name, "ready": True}, status_code=200)
 
 
 @router.get("/models/{name}/ready", summary="Model ready")
 async def model_ready(registry: RegistryDep, name: str) -> JSONResponse:
-    return _ready_response(v2_infer.find_model(registry, name))
+    return _ready_response(registry, name, None)
 
 
 @router.get("/models/{name}/versions/{version}/ready", summary="Model ready (one version)")
 async def model_version_ready(registry: RegistryDep, name: str, version: str) -> JSONResponse:
-    return _ready_response(v2_infer.find_model(registry, name, version))
+    return _ready_response(registry, name, version)
 
 
 def _infer(
@@ -89,7 +97,6 @@ def _infer(
 ) -> tuple[bytes, int | None, float]:
     """The route's work in the executor: the shared v2 inference, encoded as JSON or with
     the binary tensor data extension."""
-    assert entry.spec is not None
     images = v2_infer.request_images(tensors, settings)
     wanted = v2_infer.wanted_outputs(request)
     result = v2_infer.infer_images(entry, images, wanted, settings, stop)
@@ -111,11 +118,7 @@ async def _infer_route(
     metrics: MetricsDep,
     admission: AdmissionDep,
 ) -> Response:
-    tracing.annotate_model(entry.name, entry.spec.version if entry.spec else None)
-    if entry.state is not ModelState.ready:
-        return JSONResponse(
-            {"error": f"model {entry.name!r} is {entry.state.value}"}, status_code=503
-        )
+    tracing.annotate_model(entry.name, entry.version)
     admission.check_capacity()  # refuse before reading the body when the queue is full
     body = await read_limited(request, settings.max_upload_bytes, settings.body_timeout_s)
     header_length = request.headers.get(HEADER_LENGTH)
@@ -146,9 +149,7 @@ async def infer(
     request: Request, registry: RegistryDep, settings: SettingsDep, executor: ExecutorDep,
     metrics: MetricsDep, admission: AdmissionDep, name: str,
 ) -> Response:  # fmt: skip
-    return await _infer_route(
-        request, v2_infer.find_model(registry, name), settings, executor, metrics, admission
-    )
+    return await _infer_route(request, registry.get(name), settings, executor, metrics, admission)
 
 
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference (one version)")
@@ -158,7 +159,7 @@ async def infer_version(
 ) -> Response:  # fmt: skip
     return await _infer_route(
         request,
-        v2_infer.find_model(registry, name, version),
+        registry.get(name, version),
         settings,
         executor,
         metrics,
