@@ -51,6 +51,88 @@ def _healthcheck(args: argparse.Namespace) -> int:
     return 0 if status == 200 else 1
 
 
+def _import(args: argparse.Namespace) -> int:
+    """`segserve import`: probe, wrap and write an ONNX model into a model repository."""
+    try:
+        from export.importer import ImportRequest, import_model
+        from export.importer_inputs import (
+            ImportProblem,
+            parse_classes,
+            parse_floats,
+            read_classes_file,
+            read_palette_file,
+        )
+    except ModuleNotFoundError as exc:
+        if exc.name != "onnx":
+            raise
+        print("segserve import needs onnx: pip install 'segserve[import]'", file=sys.stderr)
+        return 2
+    try:
+        classes, palette = None, None
+        if args.classes is not None and args.classes_file is not None:
+            raise ImportProblem("give --classes or --classes-file, not both")
+        if args.classes is not None:
+            classes = parse_classes(args.classes)
+        elif args.classes_file is not None:
+            classes, palette = read_classes_file(args.classes_file)
+        if args.palette_file is not None:
+            palette = read_palette_file(args.palette_file)
+        imported = import_model(
+            ImportRequest(
+                source=args.model, repo=args.repo, name=args.name, version=args.version,
+                classes=classes, palette=palette,
+                mean=parse_floats(args.mean, "--mean") if args.mean else None,
+                std=parse_floats(args.std, "--std") if args.std else None,
+                layout=args.layout, input=args.input, output=args.output,
+                output_kind=args.output_kind, size_multiple=args.size_multiple,
+                tile_size=args.tile_size, tile_overlap=args.tile_overlap,
+                description=args.description or "",
+            )
+        )  # fmt: skip
+    except ImportProblem as exc:
+        print(f"segserve import: {exc}", file=sys.stderr)
+        return 2
+    for note in imported.probe.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {imported.path}", file=sys.stderr)
+    print(imported.spec.model_dump_json(indent=2))
+    return 0
+
+
+def _add_import_command(commands: Any) -> None:
+    cmd = commands.add_parser(
+        "import",
+        help="wrap any segmentation ONNX file into REPO/NAME/VERSION/model.onnx",
+        description="Probe a segmentation ONNX model, wrap it into segserve's canonical graph "
+        "(uint8 pixels in; logits and labels out at input size) and write it with its spec "
+        "into a model repository (SEG_MODEL_DIR). Prints the spec.",
+    )
+    cmd.add_argument("model", type=Path, help="the ONNX file")
+    cmd.add_argument("--repo", type=Path, required=True, help="model repository folder")
+    cmd.add_argument("--name", required=True, help="model name (lower case, digits, . _ -)")
+    cmd.add_argument("--version", help="version folder, a positive integer (default: next)")
+    cmd.add_argument("--classes", help="class names, comma-separated, in score order")
+    cmd.add_argument(
+        "--classes-file", type=Path, help="one class name a line, or a CSV with a header"
+    )
+    cmd.add_argument("--palette-file", type=Path, help="one colour a line: r,g,b or #rrggbb")
+    cmd.add_argument("--mean", help="per-channel mean for (v/255 - mean)/std (default ImageNet)")
+    cmd.add_argument("--std", help="per-channel std for (v/255 - mean)/std (default ImageNet)")
+    cmd.add_argument("--layout", choices=["NCHW", "NHWC"], help="the image input's layout")
+    cmd.add_argument("--input", help="the image input's name (when there are several)")
+    cmd.add_argument("--output", help="the scores output's name (when there are several)")
+    cmd.add_argument(
+        "--output-kind",
+        choices=["logits", "probabilities", "labels"],
+        help="what the scores output holds (default: probed; labels is refused)",
+    )
+    cmd.add_argument("--size-multiple", type=int, help="input sides must be multiples of this")
+    cmd.add_argument("--tile-size", type=int, help="default tile side for large images")
+    cmd.add_argument("--tile-overlap", type=int, help="default tile overlap")
+    cmd.add_argument("--description", help="one line about the model")
+    cmd.set_defaults(handler=_import)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segserve", description="Semantic segmentation service.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--port", type=int, help="TCP port (default: SEG_PORT)")
     check.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
     check.set_defaults(handler=_healthcheck)
+    _add_import_command(commands)
     add_client_commands(commands)
     return parser
 
