@@ -41,6 +41,11 @@ class Settings(BaseSettings):
         description="Seconds between reads of SEG_MODEL_DIR for added, changed and removed "
         "models (off when unset).",
     )
+    admin_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated keys for the repository API (/v2/repository/...: index, "
+        "load, unload); the API is off (404) when none is set.",
+    )
     workers: int | None = Field(
         None,
         ge=1,
@@ -244,6 +249,10 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+    @property
+    def admin_key_list(self) -> list[str]:
+        return [k.strip() for k in self.admin_keys.get_secret_value().split(",") if k.strip()]
 
     @field_validator("model_poll_s", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from app.errors import problem
 
 HEALTH_PATHS = ("/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready")
 PAGE_PATHS = ("/", "/favicon.ico")  # the page and its static files hold no data
+ADMIN_PREFIX = "/v2/repository/"  # checks SEG_ADMIN_KEYS itself (app/api/routes/repository.py)
 
 
 def presented_key(request: Request) -> str | None:
@@ -48,7 +49,7 @@ class ApiKeyMiddleware:
         self.app, self.keys, self.open_paths = app, keys, open_paths
 
     def is_open(self, path: str) -> bool:
-        return path in self.open_paths or path.startswith("/static/")
+        return path in self.open_paths or path.startswith(("/static/", ADMIN_PREFIX))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or self.is_open(scope["path"]):

@@ -182,9 +182,6 @@ class ModelRegistry:
         with self._update:
             self._unloaded.discard(name)
             self._apply(found, initial=False, only=name)
-        failed = [s for s in self.statuses if s.name == name and s.state is ModelState.failed]
-        if failed and name not in self._served:
-            raise ModelNotReady(f"model {shown(name)!r} failed to load: {failed[0].reason}")
 
     def unload_model(self, name: str) -> None:
         """The repository API's unload: stop serving every version of `name` (requests in
@@ -417,16 +414,17 @@ class ModelRegistry:
 
     def versions(self, name: str) -> list[ModelEntry]:
         """The versions of `name` that serve, highest first."""
-        found = self._served.get(name, {})
-        return [found[v] for v in sorted(found, key=version_key, reverse=True)]
+        return _highest_first(self._served.get(name, {}))
 
     def served(self) -> list[ModelEntry]:
         """One entry per model name: its default (highest) version."""
-        return [self.get(name) for name in sorted(self._served)]
+        served = self._served  # one snapshot: a reload may swap it meanwhile
+        return [_highest_first(served[name])[0] for name in sorted(served)]
 
     def all_served(self) -> list[ModelEntry]:
         """Every version that serves, by name, highest version first."""
-        return [e for name in sorted(self._served) for e in self.versions(name)]
+        served = self._served
+        return [e for name in sorted(served) for e in _highest_first(served[name])]
 
     def providers_in_use(self) -> set[str]:
         """The providers the serving models' sessions really run on."""
@@ -456,6 +454,10 @@ class ModelRegistry:
         for model in found.broken:
             rows.append({"name": model.name, "state": "UNAVAILABLE", "reason": model.reason or ""})
         return rows
+
+
+def _highest_first(versions: dict[str, ModelEntry]) -> list[ModelEntry]:
+    return [versions[v] for v in sorted(versions, key=version_key, reverse=True)]
 
 
 def _precision(model: ModelFile) -> str | None:

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from app import tracing
 from app.api.body import read_limited
 from app.api.deps import AdmissionDep, ExecutorDep, MetricsDep, RegistryDep, SettingsDep
+from app.api.routes import repository
 from app.config import Settings
 from app.errors import V2_ERROR_CONTENT, ModelNotReady
 from app.inference.registry import ModelEntry, ModelRegistry
@@ -35,6 +36,7 @@ router = APIRouter(
         504: {"description": "No result within SEG_REQUEST_TIMEOUT_S", **V2_ERROR_CONTENT},
     },
 )
+router.include_router(repository.router)  # /v2/repository/...: behind SEG_ADMIN_KEYS
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
