@@ -1,12 +1,14 @@
 """Deployment files: Kubernetes manifests against the Kubernetes schemas, the KServe predictor,
 compose and the Dockerfile, each checked against what the service really reads and serves."""
 
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -112,3 +114,84 @@ def test_dockerfile_passes_hadolint() -> None:
     binary = shutil.which("hadolint") or str(ROOT / ".venv/bin/hadolint")
     result = subprocess.run([binary, str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# KServe's own schema for InferenceService (v1beta1), from its CRD: see the fixture's
+# "source". A Kubernetes API server prunes fields a CRD schema does not know (no error), so
+# besides jsonschema's checks every field of a manifest must be one the schema declares.
+KSERVE_SCHEMA = json.loads(
+    (Path(__file__).parent / "fixtures" / "kserve_inferenceservice_v1beta1.json").read_text()
+)["openAPIV3Schema"]
+KSERVE_MANIFESTS = sorted((ROOT / "deploy" / "kserve").glob("*.yaml"))
+MODEL_MOUNT = "/mnt/models"  # KServe's DefaultModelLocalMountPath (pkg/constants)
+
+
+def pruned_fields(value: Any, schema: dict[str, Any], at: str = "") -> list[str]:
+    """The fields of `value` an API server would drop: not declared in `schema`."""
+    if isinstance(value, list) and "items" in schema:
+        items = schema["items"]
+        return [f for i, v in enumerate(value) for f in pruned_fields(v, items, f"{at}[{i}]")]
+    if not isinstance(value, dict) or schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    if "properties" not in schema:
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            return [f for k, v in value.items() for f in pruned_fields(v, extra, f"{at}.{k}")]
+        return []
+    found = []
+    for key, item in value.items():
+        if key not in schema["properties"]:
+            found.append(f"{at}.{key}")
+        else:
+            found += pruned_fields(item, schema["properties"][key], f"{at}.{key}")
+    return found
+
+
+def kserve_problems(document: dict[str, Any]) -> list[str]:
+    validator = jsonschema.Draft7Validator(KSERVE_SCHEMA)
+    errors = [
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(document)
+    ]
+    return errors + [f"unknown field {f}" for f in pruned_fields(document, KSERVE_SCHEMA)]
+
+
+@pytest.mark.parametrize("path", KSERVE_MANIFESTS, ids=lambda p: p.name)
+def test_kserve_manifests_validate_against_kserve_crd(path: Path) -> None:
+    (service,) = documents(path)
+    assert (service["apiVersion"], service["kind"]) == (
+        "serving.kserve.io/v1beta1",
+        "InferenceService",
+    )
+    assert kserve_problems(service) == []
+    (container,) = service["spec"]["predictor"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    settings = {k: v for k, v in env.items() if k.startswith("SEG_")}
+    assert set(settings) <= SETTING_VARS, set(settings) - SETTING_VARS
+    assert set(env) - set(settings) <= {"STORAGE_URI"}  # the only variable KServe reads
+
+
+def test_the_kserve_schema_check_catches_misplaced_and_mistyped_fields() -> None:
+    (service,) = documents(ROOT / "deploy" / "kserve" / "inferenceservice-storage.yaml")
+    predictor = service["spec"]["predictor"]
+    predictor["storageUri"] = "s3://a/b"  # only model.storageUri and storageUris exist here
+    predictor["minReplicas"] = "one"
+    predictor["containers"][0]["env"][0]["valueFrom"] = 3
+    problems = kserve_problems(service)
+    assert "unknown field .spec.predictor.storageUri" in problems
+    assert any(p.startswith("spec.predictor.minReplicas:") for p in problems)
+    assert any(p.startswith("spec.predictor.containers.0.env.0.valueFrom:") for p in problems)
+
+
+def test_kserve_storage_uri_lands_in_the_model_dir() -> None:
+    """KServe's storage initializer copies STORAGE_URI (s3://, gs://, pvc://) of the
+    kserve-container into /mnt/models; segserve must read its models from there."""
+    (service,) = documents(ROOT / "deploy" / "kserve" / "inferenceservice-storage.yaml")
+    (container,) = service["spec"]["predictor"]["containers"]
+    assert container["name"] == "kserve-container"  # the container KServe reads STORAGE_URI of
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["STORAGE_URI"].split("://")[0] in {"s3", "gs", "pvc"}
+    assert env["SEG_MODEL_DIR"] == MODEL_MOUNT
+    assert Settings(model_dir=env["SEG_MODEL_DIR"]).resolved_model_dir == Path(MODEL_MOUNT)
+    probe_paths = {container[k]["httpGet"]["path"] for k in ("readinessProbe", "livenessProbe")}
+    assert probe_paths <= served_paths()
