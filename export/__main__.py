@@ -1,5 +1,10 @@
 """Export a trained checkpoint: `python -m export runs/unet-isbi/best.pt --out app/shipped_models`.
 
+`python -m export quantize app/shipped_models/unet-isbi.onnx --precision int8 fp16` writes
+the INT8/FP16 variants of a shipped file instead (export/quantize.py), and
+`python -m export uint8-input FILE...` re-ships a float-input file as a uint8-input one
+(export/uint8_input.py).
+
 Writes `<name>.onnx` (metadata inside), `<name>.md` (model card) and
 `<name>-examples.png`, after `onnx.checker` and a parity check against torch on real
 validation images; exits non-zero when parity fails.
@@ -28,6 +33,15 @@ TYPICAL_SHAPES = {"unet-isbi": (1, 1, 512, 512), "dilated-camvid": (1, 3, 360, 4
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["quantize"]:
+        from export.quantize import main as quantize_main
+
+        return quantize_main(argv[1:])
+    if argv[:1] == ["uint8-input"]:
+        from export.uint8_input import main as uint8_main
+
+        return uint8_main(argv[1:])
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

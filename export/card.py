@@ -149,3 +149,61 @@ max |logit difference| {parity.max_abs_logit_diff:.2e} (limit 1e-4), argmax agre
 ![examples]({example_png})
 """
     path.write_text(text)
+
+
+VARIANTS_HEADING = "## Precision variants"
+VARIANTS_INTRO = """Each variant's accuracy was measured at export on validation images, next to
+this FP32 file's on the same images; a variant losing more than 0.005 mean IoU or adding
+more than 0.002 pixel error is not shipped (export/quantize.py). Inputs and outputs are
+the FP32 file's; SEG_PRECISION picks the file that serves.
+"""
+
+
+def variant_block(
+    verdict: Any, file_bytes: int, how: str, latency: dict[str, float] | None, size: str
+) -> str:
+    """The card's subsection on one INT8/FP16 variant: how it was made, its accuracy
+    next to the FP32 file's, and (INT8) its CPU latency against FP32 in the same run."""
+    v, rows = verdict, []
+    names = {"mean_iou": "mean IoU", "pixel_error": "pixel error", "rand_error": "Rand error"}
+    for key, label in names.items():
+        if key in v.metrics:
+            rows.append(f"| {label} | {v.metrics[key]:.4f} | {v.reference[key]:.4f} |")
+    rows.append(f"| pixels of the same class as FP32 | {v.agreement:.5f} | 1 |")
+    timing = ""
+    if latency:
+        timing = (
+            f"\nCPU latency at {size} (onnxruntime, 2 threads, median of 10, the files "
+            f"alternating in one run on a shared, noisy machine): FP32 {latency['fp32']:.1f} ms, "
+            f"{v.precision.upper()} {latency[v.precision]:.1f} ms "
+            f"({latency['fp32'] / latency[v.precision]:.2f}x).\n"
+        )
+    return f"""### {v.precision} (`{{name}}.{v.precision}.onnx`, {file_bytes / 1e6:.1f} MB)
+{how} Measured on {v.description}.
+
+| metric | {v.precision} | fp32 |
+| --- | --- | --- |
+{chr(10).join(rows)}
+{timing}"""
+
+
+def write_variant_section(card: Path, name: str, precision: str, block: str) -> None:
+    """Put `block` (a `### precision` subsection) under the card's precision-variants
+    section, replacing that precision's earlier block; the section is added when missing."""
+    text = card.read_text()
+    if VARIANTS_HEADING not in text:
+        text = text.rstrip("\n") + f"\n\n{VARIANTS_HEADING}\n{VARIANTS_INTRO}"
+    start = text.index(VARIANTS_HEADING)
+    end = text.find("\n## ", start + len(VARIANTS_HEADING))
+    end = len(text) if end < 0 else end + 1
+    section = text[start:end]
+    block = block.replace("{name}", name).rstrip("\n") + "\n"
+    marker = f"\n### {precision} "
+    at = section.find(marker)
+    if at >= 0:
+        stop = section.find("\n### ", at + len(marker))
+        section = section[: at + 1] + block + (section[stop:] if stop >= 0 else "")
+    else:
+        section = section.rstrip("\n") + "\n\n" + block
+    rest = text[end:].lstrip("\n")
+    card.write_text(text[:start] + section.rstrip("\n") + "\n" + ("\n" + rest if rest else ""))

@@ -4,7 +4,10 @@ tests/data/record.py recorded the maps once from the shipped ONNX files with its
 numpy pre-processing; the service must reproduce them on >= 99.9 % of the pixels (the
 rest is onnxruntime's float noise between the graph's argmax output and an argmax of
 its logits). Any change to normalisation, padding, channel conversion, decoding or
-tiling moves far more pixels than that."""
+tiling moves far more pixels than that. The maps were recorded from the float-input
+graphs and kept when the models were re-shipped with uint8 input (the normalisation
+inside the graph, export/uint8_input.py): the service feeding raw pixels to the wrapped
+graphs must give the same maps."""
 
 from __future__ import annotations
 

@@ -51,16 +51,19 @@ def class_map(path: Path, image_file: Path) -> np.ndarray:
     image = Image.open(image_file)
     pixels = np.asarray(image.convert("L" if spec["input_channels"] == 1 else "RGB"))
     chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    x = (chw / 255.0 - np.asarray(spec["mean"])[:, None, None]) / np.asarray(spec["std"])[
-        :, None, None
-    ]
     h, w = pixels.shape[:2]
     m = spec.get("size_multiple", 1)
-    x = x[:, mirror_indices(h, m)][:, :, mirror_indices(w, m)]
+    chw = chw[:, mirror_indices(h, m)][:, :, mirror_indices(w, m)]
+    if spec.get("input_dtype", "float32") == "uint8":  # the graph normalises itself
+        x = np.ascontiguousarray(chw, np.uint8)
+    else:
+        x = (
+            (chw / 255.0 - np.asarray(spec["mean"])[:, None, None])
+            / np.asarray(spec["std"])[:, None, None]
+        ).astype(np.float32)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (logits,) = session.run(
-        [spec.get("logits_output", "logits")],
-        {spec.get("input_name", "image"): x[None].astype(np.float32)},
+        [spec.get("logits_output", "logits")], {spec.get("input_name", "image"): x[None]}
     )
     return np.asarray(logits[0].argmax(0)[:h, :w], np.uint8)
 
