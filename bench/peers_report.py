@@ -91,8 +91,21 @@ def summarise(
 
 
 def _target(
-    model: str, what: str, value: float | None, limit: float, at_most: bool, missing: str = ""
+    model: str,
+    what: str,
+    row: dict[str, Any] | None,
+    key: str,
+    c: int | None,
+    limit: float,
+    at_most: bool,
+    why_no_row: str,
 ) -> dict[str, Any]:
+    """`row[key]` (`[c]` when given) against `limit`; not measured when the row or key is
+    missing (ratios to the best peer exist only when a peer ran)."""
+    value = None if row is None or key not in row else row[key]
+    if value is not None and c is not None:
+        value = value[c]
+    why = why_no_row if row is None else "no peer was measured" if value is None else ""
     met = None if value is None else (value <= limit if at_most else value >= limit)
     return {
         "model": model,
@@ -100,90 +113,88 @@ def _target(
         "value": value,
         "limit": f"{'<=' if at_most else '>='} {limit:g}",
         "met": met,
-        "why_not_measured": missing if value is None else "",
+        "why_not_measured": why,
     }
 
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets for this run's device, each met, missed or not measured (why)."""
     rows = []
-    gpu = report["device"] == "cuda"
     for name, m in report["models"].items():
         servers = m["servers"]
         fp32, default = servers.get("segserve-fp32"), servers.get("segserve")
         why = {**report["skipped"], **m["skipped"]}.get("segserve", "not run")
-        has_peers = any(p in servers for p in PEERS)
-        no_peers = "no peer was measured"
-        if not gpu:
-            rows.append(
+        if report["device"] != "cuda":
+            rows += [
                 _target(
                     name,
                     "FP32 overhead: e2e p50 - raw p50 (ms)",
-                    fp32 and fp32["overhead_ms"],
+                    fp32,
+                    "overhead_ms",
+                    None,
                     3,
                     True,
                     "not run",
-                )
-            )
-            rows.append(
+                ),
                 _target(
                     name,
                     "FP32 throughput at c=4 / (1/raw)",
-                    fp32 and fp32["rps_vs_raw"][4],
+                    fp32,
+                    "rps_vs_raw",
+                    4,
                     0.95,
                     False,
                     "not run",
-                )
-            )
-            rows.append(
+                ),
                 _target(
                     name,
                     "default p50 / best peer's p50",
-                    default and has_peers and default["p50_vs_best_peer"],
+                    default,
+                    "p50_vs_best_peer",
+                    None,
                     0.75,
                     True,
-                    why if not default else no_peers,
-                )
-            )
-            rows.append(
+                    why,
+                ),
                 _target(
                     name,
                     "default throughput at c=4 / best peer's",
-                    default and has_peers and default["rps_vs_best_peer"][4],
+                    default,
+                    "rps_vs_best_peer",
+                    4,
                     1.3,
                     False,
-                    why if not default else no_peers,
-                )
-            )
+                    why,
+                ),
+            ]
             continue
         row = default or fp32
-        rows.append(
-            _target(
-                name, "HTTP p50 / raw p50 at c=1", row and row["p50_vs_raw"], 2, True, "not run"
-            )
-        )
-        batch8 = m["raw_batch8"][row["precision"]] if row else None
-        images_s = 8000 / batch8.p50_ms if batch8 else None
-        rows.append(
+        if row is not None:  # raw images/s on batches of 8, as a ratio for the row
+            batch8 = m["raw_batch8"][row["precision"]]
+            row = {**row, "rps_vs_batch8": {32: row["rps"][32] * batch8.p50_ms / 8000}}
+        rows += [
+            _target(name, "HTTP p50 / raw p50 at c=1", row, "p50_vs_raw", None, 2, True, "not run"),
             _target(
                 name,
                 "throughput at c=32 / raw images/s on batches of 8",
-                row and images_s and row["rps"][32] / images_s,
+                row,
+                "rps_vs_batch8",
+                32,
                 0.7,
                 False,
                 "not run",
-            )
-        )
-        rows.append(
+            ),
             _target(
                 name,
                 "segserve c=32 throughput / best peer's",
-                row and has_peers and row["rps_vs_best_peer"][32],
+                row,
+                "rps_vs_best_peer",
+                32,
                 1.0,
                 False,
-                no_peers,
-            )
-        )
+                "not run",
+            ),
+        ]
     return rows
 
 

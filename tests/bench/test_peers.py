@@ -15,11 +15,11 @@ from PIL import Image
 
 from app.config import Device, Settings
 from app.inference.pipeline import preprocess
-from bench.common import free_port
+from bench.common import Stats, free_port
 from bench.peers.common import load_model, predict, segment_png, to_input
 from bench.peers.harness import QUICK, WrongAnswer, check_answer, measure_server
-from bench.peers_benchmark import run, servers
-from bench.peers_report import markdown, plain, plot
+from bench.peers_benchmark import Run, run, servers
+from bench.peers_report import markdown, plain, plot, summarise
 from tests.app.conftest import png_bytes
 from tests.app.probes import (
     BOX_MEAN,
@@ -143,6 +143,9 @@ def test_quick_run_on_segserve_and_raw(tmp_path: Path) -> None:
     text = "\n".join(markdown(report))
     assert "| tiny-grey 61x45 | segserve FP32 | fp32 |" in text
     assert "BentoML not run" in text
+    verdicts = {(t["model"], t["target"]): t for t in report["targets"]}
+    peer = verdicts[("tiny-grey", "default p50 / best peer's p50")]
+    assert peer["met"] is None and peer["why_not_measured"]  # no peer ran: not "met"
     json.dumps(plain(report))
     plot(report, tmp_path / "peers.png")
     assert Image.open(tmp_path / "peers.png").size[0] > 0
@@ -159,3 +162,43 @@ def test_quick_run_on_segserve_and_raw(tmp_path: Path) -> None:
             port,
             tmp_path / "server.log",
         )
+
+
+def test_ratios_and_targets_from_pooled_runs() -> None:
+    def served(precision: str, p50_s: float, c4_s: float) -> Run:
+        # 10 requests at c=1, 40 at c=4 taking c4_s seconds, 80 at c=8 in 8 s
+        return Run(precision, [p50_s] * 10, {1: 10, 4: 40, 8: 80}, {1: 10 * p50_s, 4: c4_s, 8: 8})
+
+    models = {
+        "m": {
+            "image": "10x10",
+            "file": "m.png",
+            "default_precision": "int8",
+            "raw": {"fp32": [Stats(100, 110, 100, 10)], "int8": [Stats(50, 55, 50, 10)]},
+            "runs": {
+                "segserve-fp32": served("fp32", 0.102, 4.0),  # 10 req/s at c=4
+                "segserve": served("int8", 0.060, 2.0),  # 20 req/s
+                "bentoml": served("fp32", 0.120, 4.0),
+                "litserve": served("fp32", 0.130, 2.5),  # 16 req/s: the best peer at c=4
+            },
+            "skipped": {},
+        }
+    }
+    report = summarise(models, {}, Device.cpu, 2, 1, (1, 4, 8))
+    rows = report["models"]["m"]["servers"]
+    assert rows["segserve"]["p50_vs_raw"] == pytest.approx(60 / 50)  # its own INT8 floor
+    assert rows["segserve"]["p50_vs_raw_fp32"] == pytest.approx(60 / 100)
+    assert rows["segserve"]["p50_vs_best_peer"] == pytest.approx(60 / 120)  # BentoML's p50
+    assert rows["segserve"]["rps_vs_best_peer"][4] == pytest.approx(20 / 16)  # LitServe's c=4
+    assert rows["segserve-fp32"]["overhead_ms"] == pytest.approx(2)
+    assert rows["segserve-fp32"]["rps_vs_raw"][4] == pytest.approx(1.0)
+    verdicts = {t["target"]: t["met"] for t in report["targets"]}
+    assert verdicts == {
+        "FP32 overhead: e2e p50 - raw p50 (ms)": True,
+        "FP32 throughput at c=4 / (1/raw)": True,
+        "default p50 / best peer's p50": True,
+        "default throughput at c=4 / best peer's": False,  # 1.25 < 1.3
+    }
+    text = "\n".join(markdown(report))
+    assert "| m 10x10 | segserve default | int8 | 60.0 / 60.0 ms | 1.20 | 10.0 ms |" in text
+    assert "default throughput at c=4 / best peer's >= 1.3: 1.25, MISSED" in text
