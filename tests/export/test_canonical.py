@@ -95,17 +95,38 @@ def _original(model: onnx.ModelProto, x: np.ndarray, layout: str = "NCHW") -> np
     return out.transpose(0, 3, 1, 2) if layout == "NHWC" else out
 
 
+def _float_model(name: str) -> onnx.ModelProto:
+    """The shipped model's float-input graph: the shipped files are themselves wrapped
+    (uint8 input, export/uint8_input.py), so the graph inside, `model/image` to
+    `model/logits`, is the float export."""
+    shipped = onnx.load(str(SHIPPED / f"{name}.onnx"))
+    if shipped.graph.input[0].type.tensor_type.elem_type != TensorProto.UINT8:
+        return shipped
+    for outer, inner in [
+        (shipped.graph.input[0], "model/image"),
+        (shipped.graph.output[0], "model/logits"),
+    ]:
+        dims = ["batch", outer.type.tensor_type.shape.dim[1].dim_value, "height", "width"]
+        shipped.graph.value_info.append(
+            onnx.helper.make_tensor_value_info(inner, TensorProto.FLOAT, dims)
+        )
+    return onnx.utils.Extractor(shipped).extract_model(["model/image"], ["model/logits"])
+
+
 @pytest.mark.parametrize("name", ["unet-isbi", "dilated-camvid"])
 def test_shipped_models_wrap_to_the_same_logits_and_labels(name: str) -> None:
-    model = onnx.load(str(SHIPPED / f"{name}.onnx"))
-    spec = ModelSpec.from_metadata({p.key: p.value for p in model.metadata_props})
+    shipped = onnx.load(str(SHIPPED / f"{name}.onnx"))
+    spec = ModelSpec.from_metadata({p.key: p.value for p in shipped.metadata_props})
+    model = _float_model(name)
+    image, scores = model.graph.input[0].name, model.graph.output[0].name
     wrapped = canonicalise(
-        model, input_name="image", scores_output="logits", mean=spec.mean, std=spec.std
+        model, input_name=image, scores_output=scores, mean=spec.mean, std=spec.std
     )
     pixels = _pixels(2, spec.input_channels, 48, 64)  # multiples of both size multiples
-    want_logits, want_labels = _session(model).run(
-        ["logits", "labels"], {"image": _normalised(pixels, spec.mean, spec.std)}
+    (want_logits,) = _session(model).run(
+        [scores], {image: _normalised(pixels, spec.mean, spec.std)}
     )
+    want_labels = want_logits.argmax(1)
     session = _session(wrapped)
     assert [(i.name, i.type) for i in session.get_inputs()] == [("image", "tensor(uint8)")]
     assert [o.name for o in session.get_outputs()] == ["logits", "labels"]
@@ -195,9 +216,15 @@ def test_float16_model_gets_float32_logits() -> None:
 
 
 def test_channel_count_must_match_mean_and_std() -> None:
-    model = onnx.load(str(SHIPPED / "unet-isbi.onnx"))
+    model = _float_model("unet-isbi")
     with pytest.raises(ValueError, match=r"1 channels .* mean/std give 3"):
-        canonicalise(model, input_name="image", scores_output="logits", mean=MEAN, std=STD)
+        canonicalise(
+            model,
+            input_name=model.graph.input[0].name,
+            scores_output=model.graph.output[0].name,
+            mean=MEAN,
+            std=STD,
+        )
 
 
 @pytest.mark.parametrize(
