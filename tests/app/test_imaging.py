@@ -248,12 +248,20 @@ def test_a_spooled_file_decodes_like_its_bytes() -> None:
         decode_image(empty, 10**6)
 
 
-def test_memory_error_while_decoding_is_413(monkeypatch: pytest.MonkeyPatch) -> None:
-    def exhausted(self: Image.Image) -> None:
+@pytest.mark.parametrize(
+    ("data", "decoder"),
+    [
+        (png_bytes(RGB), "app.imaging.decode.spng_decode"),  # libspng's path
+        (encoded(Image.fromarray(RGB), "TIFF"), "PIL.ImageFile.ImageFile.load"),  # Pillow's
+    ],
+)
+def test_memory_error_while_decoding_is_413(
+    monkeypatch: pytest.MonkeyPatch, data: bytes, decoder: str
+) -> None:
+    def exhausted(*args: object) -> None:
         raise MemoryError
 
-    data = png_bytes(RGB)
-    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", exhausted)
+    monkeypatch.setattr(decoder, exhausted)
     with pytest.raises(PayloadTooLarge, match="memory"):
         decode_image(data, 10**6)
 
