@@ -280,3 +280,28 @@ def test_inference_refuses_an_oversized_answer_before_running(served: TestClient
     v2_infer.infer_images(entry, [np.zeros((4, 8), np.uint8)], wanted, settings, stop)
     with pytest.raises(AnswerTooLarge):  # 33 pixels
         v2_infer.infer_images(entry, [np.zeros((3, 11), np.uint8)], wanted, settings, stop)
+
+
+class SetAfterFirstLook(threading.Event):
+    """A stop event that reads as set from its second look on: infer_images's own check
+    between images passes, and the next check comes from inside the image's work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looks = 0
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        return self.looks > 1
+
+
+def test_the_stop_reaches_the_tiles_of_an_image(served: TestClient) -> None:
+    entry = entry_of(served, "tiny-grey")
+    settings = Settings(whole_image_max_pixels=64, max_pixels=10**6)  # 64 x 64 is tiled
+    image = np.zeros((64, 64), np.uint8)
+    stop = SetAfterFirstLook()
+    with pytest.raises(Stopped):
+        v2_infer.infer_images(entry, [image], [("labels", True)], settings, stop)
+    assert stop.looks >= 2
+    done = v2_infer.infer_images(entry, [image], [("labels", True)], settings, threading.Event())
+    assert done.arrays["labels"].shape == (1, 64, 64)
