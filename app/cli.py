@@ -119,7 +119,7 @@ def _add_import_command(commands: Any) -> None:
     cmd.add_argument("--mean", help="per-channel mean for (v/255 - mean)/std (default ImageNet)")
     cmd.add_argument("--std", help="per-channel std for (v/255 - mean)/std (default ImageNet)")
     cmd.add_argument("--layout", choices=["NCHW", "NHWC"], help="the image input's layout")
-    cmd.add_argument("--input", help="the image input's name (when there are several)")
+    cmd.add_argument("--input", help="the image input's name (default: the only one)")
     cmd.add_argument("--output", help="the scores output's name (when there are several)")
     cmd.add_argument(
         "--output-kind",

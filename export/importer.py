@@ -15,6 +15,7 @@ garbage. Needs `onnx` (the `import` extra) and onnxruntime; not torch.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 SCORE_NAMES = ("out", "logits", "output", "scores")  # preferred among several outputs
 PROBE_BASE = 64  # probe sizes: PROBE_BASE + m for m = 1, 2, 4, ...
 MAX_MULTIPLE = 64
+NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"  # app/spec.py's ModelSpec.name
 AGREEMENT = 0.99  # wrapped vs original class map on the self-check probe
 
 
@@ -88,6 +90,11 @@ def import_model(request: ImportRequest) -> Imported:
         original = onnx.load(str(request.source))
     except Exception as exc:  # onnx raises DecodeError, OSError, ...
         raise ImportProblem(f"{request.source}: not a readable ONNX file ({exc})") from exc
+    if not re.fullmatch(NAME_PATTERN, request.name):
+        raise ImportProblem(
+            f"--name {request.name!r}: lower-case letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit, at most 64"
+        )
     version = request.version or str(_next_version(request.repo / request.name))
     if not version.isdigit() or int(version) < 1:
         raise ImportProblem(

@@ -104,6 +104,8 @@ def test_versions_count_up_and_are_never_overwritten(tmp_path: Path) -> None:
         import_model(_request(tmp_path, source, version="2"))
     with pytest.raises(ImportProblem, match="positive integers"):
         import_model(_request(tmp_path, source, version="v3"))
+    with pytest.raises(ImportProblem, match=r"--name '\.\./up'"):
+        import_model(ImportRequest(source=source, repo=tmp_path / "repo", name="../up"))
 
 
 @pytest.mark.parametrize(
