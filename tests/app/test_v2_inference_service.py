@@ -148,25 +148,32 @@ def test_a_request_needs_exactly_one_known_input(tensors: dict[str, Any]) -> Non
     assert refused.value.detail == v2_infer.ONE_INPUT
 
 
+BYTES_SHAPE = r"'image_bytes' must be a BYTES tensor of shape \[1\]"
+UINT8 = "'image' must be a UINT8 tensor"
+NCHW = r"'image' must have shape \[N, H, W, C\] with C 1 or 3 and no empty side"
+
+
 @pytest.mark.parametrize(
-    "tensors",
+    ("tensors", "reason"),
     [
-        {"image_bytes": b"raw"},
-        {"image_bytes": []},
-        {"image_bytes": [b"a", b"b"]},
-        {"image": GREY.astype(np.int16)},
-        {"image": GREY.tolist()},
-        {"image": GREY[0]},
-        {"image": np.zeros((1, 2, 3, 2), np.uint8)},
-        {"image": np.zeros((1, 2, 3, 4), np.uint8)},
-        {"image": np.zeros((0, 2, 3, 1), np.uint8)},
-        {"image": np.zeros((1, 0, 3, 1), np.uint8)},
-        {"image": np.zeros((1, 2, 0, 3), np.uint8)},
-        {"image": np.zeros((1, 2, 3, 1, 1), np.uint8)},
+        ({"image_bytes": b"raw"}, BYTES_SHAPE),
+        ({"image_bytes": []}, BYTES_SHAPE),
+        ({"image_bytes": [b"a", b"b"]}, BYTES_SHAPE),
+        ({"image": GREY.astype(np.int16)}, UINT8),
+        ({"image": GREY.tolist()}, UINT8),
+        ({"image": GREY[0]}, NCHW),
+        ({"image": np.zeros((1, 2, 3, 2), np.uint8)}, NCHW),
+        ({"image": np.zeros((1, 2, 3, 4), np.uint8)}, NCHW),
+        ({"image": np.zeros((0, 2, 3, 1), np.uint8)}, NCHW),
+        ({"image": np.zeros((1, 0, 3, 1), np.uint8)}, NCHW),
+        ({"image": np.zeros((1, 2, 0, 3), np.uint8)}, NCHW),
+        ({"image": np.zeros((1, 2, 3, 1, 1), np.uint8)}, NCHW),
     ],
 )
-def test_malformed_image_tensors_are_bad_requests(tensors: dict[str, Any]) -> None:
-    with pytest.raises(BadInferenceRequest):
+def test_malformed_image_tensors_are_bad_requests_saying_what_is_expected(
+    tensors: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(BadInferenceRequest, match=reason):
         v2_infer.request_images(tensors, Settings())
 
 
