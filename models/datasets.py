@@ -3,19 +3,24 @@
 ISBI 2012: 8-bit grey slices `images/N.png` with labels `labels/N.png` where 0 is
 membrane and 255 cell interior; we use class 0 = membrane, 1 = cell everywhere.
 CamVid (SegNet's 11-class version): RGB frames and grey label maps holding class
-indices 0-10, with 11 = void (ignored in loss and metrics).
+indices 0-10, with 11 = void (ignored in loss and metrics). Frame names start with their
+video sequence (`0001TP_006690.png`): `camvid_sequence` reads it, so a whole sequence
+can be held out.
+
+The same loaders read a training pack (`scripts/train_pack.py`): the same layout with
+CamVid frames as JPEG (`*.jpg`) beside the PNG label maps.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 ISBI_CLASSES = ("membrane", "cell")
@@ -49,15 +54,33 @@ def camvid_classes(root: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
     return [r["name"] for r in rows], [(int(r["r"]), int(r["g"]), int(r["b"])) for r in rows]
 
 
+CAMVID_IMAGE_SUFFIXES = (".png", ".jpg")
+
+
 def load_camvid(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Images (S, H, W, 3) uint8, labels (S, H, W) uint8 and file names, for train or val."""
+    """Images (S, H, W, 3) uint8, labels (S, H, W) uint8 and file names, for train or val.
+
+    Frames may be PNG (../shared) or JPEG (a training pack); the label map of `X.jpg` is
+    `X.png`. Names are reported as the label files' (`X.png`) either way.
+    """
     base = root / "camvid"
-    names = sorted(p.name for p in (base / split).glob("*.png"))
-    if not names:
+    files = sorted(
+        (p for p in (base / split).iterdir() if p.suffix in CAMVID_IMAGE_SUFFIXES)
+        if (base / split).is_dir()
+        else [],
+        key=lambda p: p.stem,
+    )
+    if not files:
         raise FileNotFoundError(f"no CamVid images in {base / split}")
-    images = np.stack([np.asarray(Image.open(base / split / n).convert("RGB")) for n in names])
+    names = [p.stem + ".png" for p in files]
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
     labels = np.stack([np.asarray(Image.open(base / f"{split}annot" / n)) for n in names])
     return images, labels, names
+
+
+def camvid_sequence(name: str) -> str:
+    """The video sequence a CamVid frame comes from: `0006R0_f01290.png` -> `0006R0`."""
+    return name.split("_", 1)[0]
 
 
 class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
@@ -88,13 +111,18 @@ class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(
+        self, key: int | tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # A key (epoch, index) carries the epoch into DataLoader workers, whose copies of
+        # this object never see `self.epoch` change (persistent workers); see EpochSampler.
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         i = index % len(self.images)
         image, label = self.images[i], self.labels[i]
         weight = self.weights[i] if self.weights is not None else None
         if self.transform is not None:
             # Seeded per (epoch, index): resumed runs replay the same augmentations.
-            rng = np.random.default_rng((self.seed, self.epoch, index))
+            rng = np.random.default_rng((self.seed, epoch, index))
             image, label, weight = self.transform(image, label, weight, rng)
         x = image.astype(np.float32) / 255.0
         x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)  # (C, H, W)
@@ -105,3 +133,26 @@ class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor
             torch.from_numpy(label.astype(np.int64)),
             torch.from_numpy(np.ascontiguousarray(w)),
         )
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields (epoch, index) keys in a seeded random order, one epoch per iteration.
+
+    The order depends only on (seed, epoch), so a resumed run replays it; `start` skips
+    the first keys of the next pass (resuming in the middle of an epoch).
+    """
+
+    def __init__(self, length: int, seed: int = 0) -> None:
+        self.length, self.seed = length, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.length - self.start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = np.random.default_rng((self.seed, 7919, self.epoch)).permutation(self.length)
+        for index in order[self.start :]:
+            yield self.epoch, int(index)

@@ -1,6 +1,9 @@
 """Evaluate a checkpoint on its task's validation data.
 
-Usage: `python -m models.evaluate runs/unet-isbi/best.pt`.
+Usage: `python -m models.evaluate runs/unet-isbi/best.pt`, or a shipped ONNX file's
+weights: `python -m models.evaluate app/shipped_models/dilated-camvid.onnx --task
+dilated-camvid` (add `--arch-options` when its network differs from the task's). CamVid
+can be scored on a held-out training sequence instead of val (`--holdout 0006R0`).
 
 Prints a metrics table, writes a JSON report and a PNG montage of predictions.
 """
@@ -10,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from models.datasets import DEFAULT_DATA_ROOT
+from models.onnx_weights import load_onnx_weights
 from models.plots import plot_montage
 from models.predict import validate
 from models.registry import build_model, size_multiple
@@ -38,15 +43,36 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         default=0,
         help="flips/rotations to score each image under (default: the training run's)",
     )
+    parser.add_argument("--task", default="", help="the task of an ONNX file")
+    parser.add_argument("--arch-options", default="", help="JSON over the task's (ONNX only)")
+    parser.add_argument(
+        "--holdout", default="", help="CamVid: score this train sequence instead of val"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    task = get_task(ckpt["task"], args.data_root)
-    model = build_model(ckpt["arch"], **ckpt["arch_options"])
-    model.load_state_dict(ckpt["model"])
+    if args.checkpoint.suffix == ".onnx":
+        if not args.task:
+            parser.error("an ONNX file needs --task")
+        task = get_task(args.task, args.data_root)
+        options = {**task.arch_options, **json.loads(args.arch_options or "{}")}
+        model = load_onnx_weights(build_model(task.arch, **options), args.checkpoint)
+        ckpt: dict[str, Any] = {}
+    else:
+        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        task = get_task(ckpt["task"], args.data_root)
+        model = build_model(ckpt["arch"], **ckpt["arch_options"])
+        model.load_state_dict(ckpt["model"])
     model.eval()
-    data = build_data(task, args.data_root, crop=64, epoch_length=1, seed=0, border_weights=False)
+    data = build_data(
+        task,
+        args.data_root,
+        crop=64,
+        epoch_length=1,
+        seed=0,
+        border_weights=False,
+        holdout=args.holdout,
+    )
     # Scored as the training run selected the checkpoint, unless told otherwise.
     views = args.views or int(ckpt.get("config", {}).get("val_views", 1))
     metrics, preds, cm = validate(
@@ -64,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
 
     out = args.out or args.checkpoint.parent
+    suffix = f"-{args.holdout}" if args.holdout else ""
     out.mkdir(parents=True, exist_ok=True)
     width = max(len(name) for name in metrics)
     print(f"{'metric':<{width}}  value")
@@ -74,11 +101,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "task": task.name,
         "images": len(preds),
         "views": views,
+        "holdout": args.holdout or None,
         "metrics": metrics,
         "confusion_matrix": cm.tolist(),
         "classes": task.classes,
     }
-    (out / "evaluation.json").write_text(json.dumps(report, indent=1))
+    (out / f"evaluation{suffix}.json").write_text(json.dumps(report, indent=1))
     pick = np.linspace(0, len(preds) - 1, min(args.montage, len(preds))).astype(int)
     plot_montage(
         data.val_images[pick],
@@ -86,10 +114,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         preds[pick],
         task.palette,
         [data.val_names[i] for i in pick],
-        out / "evaluation.png",
+        out / f"evaluation{suffix}.png",
         title=f"{task.name} validation",
     )
-    print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.png'}")
+    print(f"wrote {out / f'evaluation{suffix}.json'} and {out / f'evaluation{suffix}.png'}")
     return metrics
 
 

@@ -79,3 +79,21 @@ def enet_class_weights(labels: np.ndarray, num_classes: int, c: float = 1.02) ->
     counts = np.bincount(labels.ravel(), minlength=num_classes + 1)[:num_classes].astype(np.float64)
     p = counts / counts.sum()
     return (1.0 / np.log(c + p)).astype(np.float32)
+
+
+def median_frequency_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Median frequency balancing (Eigen & Fergus 2015, as SegNet trains on CamVid):
+    w_c = median(freq) / freq_c, freq_c = pixels of c / pixels of the images holding c.
+
+    Labels >= num_classes (void) count nowhere. A class absent from every image gets
+    weight 0 (it never appears as a target anyway).
+    """
+    flat = labels.reshape(len(labels), -1)
+    counts = np.stack([np.bincount(row, minlength=num_classes + 1)[:num_classes] for row in flat])
+    present = counts > 0  # (S, K)
+    image_pixels = counts.sum(1, keepdims=True)  # non-void pixels of each image
+    denominators = (present * image_pixels).sum(0).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        freq = np.where(denominators > 0, counts.sum(0) / denominators, np.nan)
+    median = np.nanmedian(freq)
+    return np.where(np.isfinite(freq) & (freq > 0), median / freq, 0.0).astype(np.float32)

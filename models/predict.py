@@ -24,7 +24,9 @@ def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Logits (1, K, H, W) for x (1, C, H, W); mirror-pads to `multiple`, crops back."""
+    """Logits (1, K, H, W) for x (1, C, H, W); mirror-pads to `multiple`, crops back.
+    Runs on the model's device and returns the logits there."""
+    x = x.to(next(model.parameters()).device)
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph or pw:
@@ -70,7 +72,7 @@ def validate(
         for view in range(views):
             seen, truth = _dihedral(image, view), _dihedral(label, view)
             x = normalise(seen, mean, std)
-            pred = predict_logits(model, x, multiple).argmax(1)[0].numpy()
+            pred = predict_logits(model, x, multiple).argmax(1)[0].cpu().numpy()
             cm += confusion_matrix(pred, truth, k, ignore_index)
             if rand_error:
                 rand.append(adapted_rand_error(pred, truth))

@@ -6,6 +6,8 @@ and travels into the ONNX metadata (like torchvision weights that carry their tr
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,17 @@ from models.datasets import (
     ISBI_PALETTE,
     SegmentationDataset,
     camvid_classes,
+    camvid_sequence,
     isbi_slice_ids,
     load_camvid,
     load_isbi,
 )
-from models.losses import border_weight_map, enet_class_weights, separation_weight_map
+from models.losses import (
+    border_weight_map,
+    enet_class_weights,
+    median_frequency_weights,
+    separation_weight_map,
+)
 
 ISBI_VAL_SLICES = (20, 21, 22, 23)  # the last four: neighbours of train slices are correlated
 
@@ -124,8 +132,18 @@ def build_data(
     border_weights: bool,
     border_w0: float = 10.0,
     separation_weight: float = 0.0,
+    holdout: str = "",
+    trainval: bool = False,
+    class_balance: str = "enet",
+    processes: int = 1,
 ) -> TaskData:
     """Training dataset (augmenting) and the raw validation arrays for one task.
+
+    CamVid: `holdout` (a sequence, e.g. "0006R0") trains on train + val without that
+    sequence and validates on it; `trainval` trains on train + val (validation then
+    scores frames seen in training); `class_balance` is "enet" (ENet's 1 / ln(1.02 + p))
+    or "median" (median frequency balancing, as SegNet). `processes` > 1 computes the
+    ISBI border maps (seconds per slice) in that many processes.
 
     ISBI pixel weights: the paper's border map, or (`separation_weight` > 0) extra weight
     on the membrane line midway between cells, or none.
@@ -137,7 +155,7 @@ def build_data(
         images, labels = load_isbi(root, train_ids)
         weights = None
         if border_weights:
-            weights = np.stack([border_weight_map(lb, w0=border_w0) for lb in labels])
+            weights = np.stack(_border_maps(labels, border_w0, processes))
         elif separation_weight:
             weights = np.stack([separation_weight_map(lb, separation_weight) for lb in labels])
         val_images, val_labels = load_isbi(root, ISBI_VAL_SLICES)
@@ -145,8 +163,23 @@ def build_data(
             images, labels, task.mean, task.std, weights, IsbiAugment(crop), epoch_length, seed
         )
         return TaskData(train, val_images, val_labels, [f"{i}.png" for i in ISBI_VAL_SLICES], None)
-    images, labels, _ = load_camvid(root, "train")
+    images, labels, names = load_camvid(root, "train")
     val_images, val_labels, val_names = load_camvid(root, "val")
+    if holdout or trainval:
+        # Train on train + val; hold out one whole video sequence (model selection that
+        # shows generalisation: val's frames come from a sequence training also uses),
+        # or nothing (the final fit, selected by the schedule chosen on a held-out one).
+        images = np.concatenate([images, val_images])
+        labels = np.concatenate([labels, val_labels])
+        names = names + val_names
+    if holdout:
+        keep = np.array([camvid_sequence(n) != holdout for n in names])
+        if keep.all():
+            known = sorted({camvid_sequence(n) for n in names})
+            raise ValueError(f"no CamVid frames of sequence {holdout!r}; sequences: {known}")
+        val_images, val_labels = images[~keep], labels[~keep]
+        val_names = [n for n, k in zip(names, keep, strict=True) if not k]
+        images, labels = images[keep], labels[keep]
     train = SegmentationDataset(
         images,
         labels,
@@ -157,6 +190,17 @@ def build_data(
         epoch_length,
         seed,
     )
-    return TaskData(
-        train, val_images, val_labels, val_names, enet_class_weights(labels, len(task.classes))
-    )
+    if class_balance not in CLASS_BALANCE:
+        raise ValueError(f"class_balance must be one of {sorted(CLASS_BALANCE)}")
+    weights = CLASS_BALANCE[class_balance](labels, len(task.classes))
+    return TaskData(train, val_images, val_labels, val_names, weights)
+
+
+CLASS_BALANCE = {"enet": enet_class_weights, "median": median_frequency_weights}
+
+
+def _border_maps(labels: np.ndarray, w0: float, processes: int) -> list[np.ndarray]:
+    if processes <= 1 or len(labels) < 2:
+        return [border_weight_map(lb, w0=w0) for lb in labels]
+    with ProcessPoolExecutor(min(processes, len(labels))) as pool:
+        return list(pool.map(functools.partial(border_weight_map, w0=w0), labels))

@@ -1,9 +1,16 @@
 """Train a task: `python -m models.train --task unet-isbi --epochs 70`.
 
-Seeded, resumable (`--resume` picks up `last.pt` in the run folder), fine-tunes from
-another run's weights with `--init-from`, validates every
+Seeded, resumable (`--resume` picks up `last.pt` in the run folder, also in the middle
+of an epoch when `--ckpt-every` saved it there), fine-tunes from another run's weights
+with `--init-from` or from a shipped ONNX file with `--init-from-onnx`, validates every
 `--val-every` epochs, keeps the best checkpoint by the task's selection metric and
 redraws a training-curve PNG as it goes.
+
+On a GPU (`--device auto` finds it): bf16 autocast, channels_last, cuDNN autotuning and
+augmentation in `--workers` DataLoader processes (models/accel.py). `--minutes` bounds
+the training time: the learning-rate schedule then runs on the clock (warm-up, cosine
+to 1 % at the budget's end), and the run stops in time, validated, with its best
+checkpoint kept. `--arch-options '{"base_width": 32}'` overrides the task's network.
 """
 
 from __future__ import annotations
@@ -16,14 +23,22 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from models.datasets import DEFAULT_DATA_ROOT
+from models.accel import (
+    autocast,
+    build_loader,
+    configure,
+    cpu_state_dict,
+    first_batches,
+    pick_device,
+    prepare_model,
+    to_device,
+)
+from models.datasets import DEFAULT_DATA_ROOT, EpochSampler
 from models.losses import weighted_cross_entropy
+from models.onnx_weights import load_onnx_weights, recalibrate_batch_norm
 from models.plots import plot_curves
 from models.predict import validate
 from models.registry import build_model, size_multiple
@@ -53,24 +68,50 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
     resume: bool = False
     init_from: str = ""  # a checkpoint whose weights start a fine-tuning run (fresh optimiser)
+    init_from_onnx: str = ""  # or an exported ONNX file's weights (models/onnx_weights.py)
+    arch_options: str = ""  # JSON merged over the task's options, e.g. '{"base_width": 32}'
+    class_balance: str = "enet"  # CamVid class weights: enet | median (median frequency)
+    holdout: str = ""  # CamVid: train on train+val but this sequence, validate on it
+    trainval: bool = False  # CamVid: train on train+val (the final fit; keeps the last)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on CUDA
+    channels_last: bool = True  # on CUDA
+    workers: int = 0  # DataLoader processes that augment (0: in the training process)
+    minutes: float = 0.0  # training-time budget; 0 = run all epochs
+    ckpt_every: int = 0  # steps between saves of last.pt inside an epoch; 0 = per epoch
 
     @property
     def run_dir(self) -> Path:
         return self.out_dir / self.task
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to 1 % of the peak."""
+def lr_at(step: int, total: int, cfg: TrainConfig, elapsed_s: float | None = None) -> float:
+    """Linear warm-up, then cosine decay to 1 % of the peak; with a time budget
+    (`cfg.minutes`) and `elapsed_s` given, the decay follows the clock instead of steps."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min((step - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1), 1.0)
+    if cfg.minutes > 0 and elapsed_s is not None:
+        progress = min(elapsed_s / (cfg.minutes * 60), 1.0)
+    else:
+        progress = min((step - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1), 1.0)
     return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def arch_options(cfg: TrainConfig, task_options: dict[str, Any]) -> dict[str, Any]:
+    extra = json.loads(cfg.arch_options) if cfg.arch_options else {}
+    if not isinstance(extra, dict):
+        raise ValueError("--arch-options must be a JSON object")
+    return {**task_options, **extra}
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    configure(device)
     task = get_task(cfg.task, cfg.data_root)
+    if cfg.trainval and cfg.holdout:
+        raise ValueError("--trainval and --holdout exclude each other")
     data = build_data(
         task,
         cfg.data_root,
@@ -80,12 +121,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cfg.border_weights,
         cfg.border_w0,
         cfg.separation_w,
+        holdout=cfg.holdout,
+        trainval=cfg.trainval,
+        class_balance=cfg.class_balance,
+        processes=max(cfg.workers, 1),
     )
-    model = build_model(task.arch, **task.arch_options)
+    options = arch_options(cfg, task.arch_options)
+    model = build_model(task.arch, **options)
     multiple = size_multiple(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     class_weight = (
-        torch.from_numpy(data.class_weights)
+        torch.from_numpy(data.class_weights).to(device)
         if cfg.class_weights and data.class_weights is not None
         else None
     )
@@ -93,17 +138,26 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "best": None, "elapsed_s": 0.0}
     last = cfg.run_dir / "last.pt"
     resumed = cfg.resume and last.exists()
+    ckpt: dict[str, Any] = {}
     if resumed:
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
-        print(f"resumed from {last} at epoch {state['epoch']}")
+        print(f"resumed from {last} at step {state['step']}")
     elif cfg.init_from:
-        ckpt = torch.load(cfg.init_from, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        state["parent"] = lineage(ckpt)  # the model card tells the whole recipe
+        parent = torch.load(cfg.init_from, map_location="cpu", weights_only=False)
+        model.load_state_dict(parent["model"])
+        state["parent"] = lineage(parent)  # the model card tells the whole recipe
         print(f"weights from {cfg.init_from}")
+    elif cfg.init_from_onnx:
+        load_onnx_weights(model, Path(cfg.init_from_onnx))
+        recalibrate_batch_norm(model, first_batches(data.train, 4, cfg.batch_size))
+        state["parent"] = {"config": {"weights": cfg.init_from_onnx}}
+        print(f"weights from {cfg.init_from_onnx}")
+    model = prepare_model(model, device, cfg.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if resumed:
+        optimizer.load_state_dict(ckpt["optimizer"])
     # Validated, checkpointed and exported in place of the raw weights when on: averaging
     # damps the epoch-to-epoch swings of the validation metrics.
     ema = (
@@ -115,37 +169,69 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         ema.load_state_dict(ckpt["ema"])
     evaluated = ema.module if ema is not None else model
     total_steps = cfg.epochs * cfg.steps_per_epoch
-    loader = DataLoader(
-        data.train, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=0
-    )
+    sampler = EpochSampler(len(data.train), cfg.seed)
+    loader = build_loader(data.train, sampler, cfg.batch_size, cfg.workers, device)
     better = (lambda a, b: a > b) if task.selection_higher_is_better else (lambda a, b: a < b)
+    budget_s = cfg.minutes * 60 if cfg.minutes > 0 else math.inf
 
-    for epoch in range(state["epoch"], cfg.epochs):
+    def save_last() -> None:
+        torch.save(
+            {
+                "model": cpu_state_dict(model),
+                "optimizer": optimizer.state_dict(),
+                "state": state,
+                "ema": cpu_state_dict(ema) if ema is not None else None,
+                "arch_options": options,
+            },
+            last,
+        )
+
+    out_of_time = False
+    while state["epoch"] < cfg.epochs and not out_of_time:
+        epoch = state["epoch"]
+        # > 0 when resuming from a save inside this epoch
+        done_in_epoch = max(state["step"] - epoch * cfg.steps_per_epoch, 0)
         data.train.epoch = epoch
-        torch.manual_seed(cfg.seed * 1000 + epoch)  # shuffling order and dropout replay on resume
+        sampler.set_epoch(epoch, start=done_in_epoch * cfg.batch_size)
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout replays on resume
         model.train()
         started, losses = time.time(), []
-        bar = tqdm(loader, desc=f"{cfg.task} epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        for x, y, w in bar:
+        step_started = time.time()
+        for x, y, w in loader:
+            lr = lr_at(state["step"], total_steps, cfg, state["elapsed_s"])
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(state["step"], total_steps, cfg)
-            loss = weighted_cross_entropy(model(x), y, w, class_weight, task.ignore_index)
+                group["lr"] = lr
+            x = to_device(x, device, cfg.channels_last)
+            y, w = to_device(y, device), to_device(w, device)
+            with autocast(device, cfg.amp):
+                logits = model(x)
+            loss = weighted_cross_entropy(logits.float(), y, w, class_weight, task.ignore_index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if ema is not None:
                 ema.update_parameters(model)
             state["step"] += 1
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        state["elapsed_s"] += time.time() - started
+            losses.append(loss.detach())
+            now = time.time()
+            state["elapsed_s"] += now - step_started
+            step_started = now
+            if cfg.ckpt_every and state["step"] % cfg.ckpt_every == 0:
+                save_last()
+            if state["elapsed_s"] >= budget_s:
+                out_of_time = True
+                break
+        seconds = time.time() - started
+        mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": state["step"],
-            "train_loss": float(np.mean(losses)),
+            "train_loss": mean_loss,
+            "lr": lr_at(state["step"], total_steps, cfg, state["elapsed_s"]),
+            "samples_per_s": len(losses) * cfg.batch_size / max(seconds, 1e-9),
         }
-        record["lr"] = lr_at(state["step"], total_steps, cfg)
-        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+        last_epoch = epoch + 1 == cfg.epochs or out_of_time
+        if (epoch + 1) % cfg.val_every == 0 or last_epoch:
             metrics = validate(
                 evaluated,
                 data.val_images,
@@ -160,17 +246,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             ).metrics
             record["val"] = metrics
             score = metrics[task.selection]
-            if state["best"] is None or better(score, state["best"]["score"]):
+            # The final fit has no held-out data: its schedule was chosen on a held-out
+            # sequence, so it keeps its last weights.
+            if state["best"] is None or cfg.trainval or better(score, state["best"]["score"]):
                 state["best"] = {"epoch": epoch + 1, "score": score, "metrics": metrics}
                 torch.save(
                     {
-                        "model": evaluated.state_dict(),
+                        "model": cpu_state_dict(evaluated),
                         "task": cfg.task,
                         "arch": task.arch,
-                        "arch_options": task.arch_options,
+                        "arch_options": options,
                         "metrics": metrics,
                         "epoch": epoch + 1,
+                        "step": state["step"],
                         "config": _jsonable(asdict(cfg)),
+                        "device": _device_name(device),
                         "train_seconds": state["elapsed_s"],
                         "parent": state.get("parent"),
                     },
@@ -178,27 +268,30 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 )
         state["history"].append(record)
         state["epoch"] = epoch + 1
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "state": state,
-                "ema": ema.state_dict() if ema is not None else None,
-            },
-            last,
-        )
+        save_last()
         (cfg.run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
-        plot_curves(state["history"], task.selection, cfg.run_dir / "curves.png", title=cfg.task)
+        if "val" in record or state["epoch"] == 1:
+            plot_curves(
+                state["history"], task.selection, cfg.run_dir / "curves.png", title=cfg.task
+            )
         val = record.get("val", {})
         print(
-            f"epoch {epoch + 1}/{cfg.epochs} loss {record['train_loss']:.4f} "
+            f"epoch {epoch + 1}/{cfg.epochs} step {state['step']} loss {mean_loss:.4f} "
             + " ".join(
                 f"{k} {val[k]:.4f}" for k in ("pixel_error", "rand_error", "mean_iou") if k in val
             )
-            + f" [{state['elapsed_s'] / 60:.1f} min]",
+            + f" [{state['elapsed_s'] / 60:.2f} min, {record['samples_per_s']:.0f} samples/s]",
             flush=True,
         )
+    if out_of_time:
+        print(f"time budget of {cfg.minutes} min reached at step {state['step']}", flush=True)
     return state
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
 
 
 def lineage(checkpoint: dict[str, Any]) -> dict[str, Any]:

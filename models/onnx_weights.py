@@ -1,0 +1,125 @@
+"""Load a shipped ONNX file's weights back into its torch model, to fine-tune it.
+
+The exporter folds each batch norm into the convolution before it: the graph holds the
+folded kernel as `model.<conv>.weight` and the folded bias as `model.<conv>.weight_bias`
+(or `model.<conv>.bias` for convolutions without a batch norm). Loading puts the folded
+kernel into the convolution and turns the batch norm into `x + bias` (mean 0, variance
+1 - eps, scale 1), the same function in eval mode. `recalibrate_batch_norm` then gives
+each batch norm the statistics of its input on real images and compensates scale and
+shift, still the same eval-mode function, so that training mode (which normalises by
+batch statistics) starts near it too.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+PREFIX = "model."  # the export wrapper (WithLabels) holds the network as `model`
+
+
+def conv_batch_norm_pairs(
+    model: nn.Module,
+) -> list[tuple[str, nn.Module, nn.BatchNorm2d]]:
+    """(name, convolution, batch norm) for each convolution followed by a batch norm in a
+    Sequential, the pattern the exporter folds."""
+    pairs = []
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        children = list(parent.named_children())
+        for (name, conv), (_, norm) in itertools.pairwise(children):
+            if isinstance(conv, nn.Conv2d | nn.ConvTranspose2d) and isinstance(
+                norm, nn.BatchNorm2d
+            ):
+                pairs.append((f"{parent_name}.{name}" if parent_name else name, conv, norm))
+    return pairs
+
+
+def load_onnx_weights(model: nn.Module, path: Path) -> nn.Module:
+    """Copy the ONNX initializers of `path` into `model` (built with the same
+    architecture options); raises KeyError naming the weights the graph lacks."""
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    pairs = conv_batch_norm_pairs(model)
+    names = {id(m): name for name, m in model.named_modules()}
+    norms = {names[id(norm)] for _, _, norm in pairs}
+    state = model.state_dict()
+    new: dict[str, torch.Tensor] = {}
+    missing: list[str] = []
+
+    def take(key: str, source: str) -> None:
+        if source not in weights:
+            missing.append(source)
+            return
+        value = torch.from_numpy(np.array(weights[source]))
+        if tuple(value.shape) != tuple(state[key].shape):
+            raise ValueError(
+                f"{source}: shape {tuple(value.shape)}, model wants {state[key].shape}"
+            )
+        new[key] = value.to(state[key].dtype)
+
+    for key in state:
+        module = key.rpartition(".")[0]
+        if module in norms:
+            continue  # set below from the folded bias
+        take(key, PREFIX + key)  # in `folded` convolutions: the folded kernel
+    for name, _, norm in pairs:
+        bias = PREFIX + f"{name}.weight_bias"
+        if bias not in weights:
+            missing.append(bias)
+            continue
+        norm_name = names[id(norm)]
+        new[f"{norm_name}.weight"] = torch.ones(norm.num_features)
+        new[f"{norm_name}.bias"] = torch.from_numpy(np.array(weights[bias], np.float32))
+        new[f"{norm_name}.running_mean"] = torch.zeros(norm.num_features)
+        new[f"{norm_name}.running_var"] = torch.full((norm.num_features,), 1.0 - norm.eps)
+        new[f"{norm_name}.num_batches_tracked"] = torch.tensor(0)
+    if missing:
+        raise KeyError(f"{path} lacks weights {missing[:5]} ({len(missing)} in all)")
+    model.load_state_dict(new, strict=True)
+    return model
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """Give each batch norm its input's per-channel mean and variance over `batches`,
+    with scale and shift adjusted so that the eval-mode function does not change."""
+    norms = [norm for _, _, norm in conv_batch_norm_pairs(model)]
+    moments: dict[int, list[torch.Tensor]] = {id(norm): [] for norm in norms}
+
+    def hook(norm: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        x = inputs[0].double()
+        moments[id(norm)].append(torch.stack([x.mean((0, 2, 3)), (x * x).mean((0, 2, 3))]))
+
+    handles = [norm.register_forward_hook(hook) for norm in norms]
+    was_training = model.training
+    model.eval()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    model.train(was_training)
+    for norm in norms:
+        if not moments[id(norm)] or norm.running_mean is None or norm.running_var is None:
+            continue
+        mean, square = torch.stack(moments[id(norm)]).mean(0)
+        var = (square - mean * mean).clamp_min(0)
+        # y = (x - mu) / sigma * gamma + beta stays the same function with new (mu', sigma')
+        # when gamma' = gamma * sigma' / sigma and beta' = beta + (mu' - mu) * gamma / sigma.
+        sigma = torch.sqrt(norm.running_var.double() + norm.eps)
+        sigma_new = torch.sqrt(var + norm.eps)
+        gamma, mu = norm.weight.double(), norm.running_mean.double()
+        norm.bias.copy_(norm.bias.double() + (mean - mu) * gamma / sigma)
+        norm.weight.copy_(gamma * sigma_new / sigma)
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_(var)
+    return model
