@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
-import numpy as np
 import onnxruntime as ort
 
 from app.config import Settings
 from app.errors import ModelNotFound, ModelNotReady
-from app.inference.batching import BatcherClosed, DynamicBatcher, RunFn
+from app.inference.batching import DynamicBatcher
 from app.inference.loading import check_graph, public_reason, warm_up
+from app.inference.model_entry import ModelEntry, ModelState, ModelStatus
 from app.inference.repository import (
     Fingerprint,
     ModelFile,
@@ -54,68 +52,6 @@ log = logging.getLogger("segserve.registry")
 CUDA_TILE_BATCH = 8  # tiles per run on CUDA unless SEG_TILE_BATCH says otherwise
 
 
-class ModelState(StrEnum):
-    loading = "loading"
-    ready = "ready"
-    failed = "failed"
-
-
-@dataclass
-class ModelStatus:
-    """A model file as /health/ready and /v1/models report it."""
-
-    file: str
-    name: str
-    state: ModelState
-    version: str | None = None
-    precision: str | None = None
-    reason: str | None = None  # why it does not serve
-    note: str | None = None  # e.g. the precision asked for is missing
-    providers: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ModelEntry:
-    """A loaded, warmed-up model that serves."""
-
-    file: str
-    spec: ModelSpec
-    session: ort.InferenceSession
-    providers: list[str]
-    runner: RunFn  # a SessionRunner, or a wrapper of one (jobs)
-    batcher: DynamicBatcher | None = None
-    tile_batch: int = 1  # tiles per session run
-    pipelined_tiles: bool = False  # prepare the next tile batch while one runs (CUDA)
-    note: str | None = None
-    variants: list[str] = field(default_factory=list)  # precisions found for this version
-    fingerprint: Fingerprint | None = None
-
-    def run(self, output: str, x: np.ndarray, batchable: bool = True) -> np.ndarray:
-        """`output` for the NCHW batch `x`; through the dynamic batcher when it is on and
-        `x` is one request's image (tile batches are batches already). A request that got
-        this entry before a reload replaced it runs directly once its batcher is closed."""
-        if self.batcher is not None and batchable:
-            try:
-                return self.batcher.submit(output, x)
-            except BatcherClosed:
-                pass
-        return self.runner(output, x)
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def version(self) -> str:
-        return self.spec.version
-
-    def status(self) -> ModelStatus:
-        return ModelStatus(
-            self.file, self.name, ModelState.ready, self.version, self.spec.precision,
-            None, self.note, list(self.providers),
-        )  # fmt: skip
-
-
 Served = dict[str, dict[str, ModelEntry]]  # name -> version -> entry
 
 
@@ -133,6 +69,7 @@ class ModelRegistry:
         self._unloaded: set[str] = set()  # names unloaded through the repository API
         self._startup_failed: set[str] = set()  # files that failed at startup
         self._failed: dict[str, tuple[Fingerprint | None, ModelStatus]] = {}
+        self._cuda_fell_back = False  # a session asked for CUDA ran on the CPU
         self._stop_polling = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -265,6 +202,8 @@ class ModelRegistry:
                 self.factory,
                 cuda_options={"cudnn_conv_algo_search": self.settings.cudnn_algo_search},
             )
+            if CUDA not in providers and self._on_cuda():
+                self._cuda_fell_back = True
             spec = served_spec(
                 ModelSpec.from_metadata(dict(session.get_modelmeta().custom_metadata_map)),
                 model.folder_name,
@@ -357,6 +296,10 @@ class ModelRegistry:
             entry.batcher.close()
 
     def _on_cuda(self) -> bool:
+        """Whether sessions run on CUDA, as far as is known: asked for, and not seen to fall
+        back (onnxruntime-gpu lists CUDA on hosts where it cannot initialise)."""
+        if self._cuda_fell_back:
+            return False
         return CUDA in requested_providers(self.settings.device, ort.get_available_providers())
 
     def _poll(self) -> None:

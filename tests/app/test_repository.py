@@ -175,6 +175,8 @@ def test_auto_takes_fp16_on_cuda_and_the_cpu_variant_when_cuda_falls_back(
     registry.load_all()
     assert opened == ["tiny.fp16.onnx", "tiny.int8.onnx"]  # asked for CUDA, ran on the CPU
     assert registry.get("tiny").spec.precision == "int8"
+    registry.reload()  # nothing changed: nothing is opened again
+    assert opened == ["tiny.fp16.onnx", "tiny.int8.onnx"]
 
 
 def test_version_routes_over_v1_and_v2(tmp_path: Path) -> None:
@@ -235,3 +237,34 @@ def test_version_routes_over_v1_and_v2(tmp_path: Path) -> None:
             ("1", "fp32", "ready"),
             ("2", "fp32", "ready"),
         }
+
+
+def test_grpc_model_version_picks_one(tmp_path: Path) -> None:
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    from tests.app.conftest import free_port
+
+    repo_model(tmp_path, "seg", "1")
+    repo_model(tmp_path, "seg", "2", kind="box")
+    port = free_port()
+    settings = Settings(model_dir=tmp_path, intra_op_threads=1, device=Device.cpu, grpc_port=port)
+    pixels = np.zeros((1, 3, 3, 1), np.uint8)
+    pixels[0, 1, 1, 0] = 255
+    with (
+        TestClient(create_app(settings)) as http,
+        triton.InferenceServerClient(f"127.0.0.1:{port}") as client,
+    ):
+        wait_ready(http)
+        assert client.get_model_metadata("seg", as_json=True)["versions"] == ["2", "1"]
+        assert client.is_model_ready("seg", "1")
+        with pytest.raises(InferenceServerException, match="NOT_FOUND"):
+            client.is_model_ready("seg", "5")
+        for version, label, answered in (("", 1, "2"), ("1", 0, "1"), ("2", 1, "2")):
+            image = triton.InferInput("image", list(pixels.shape), "UINT8")
+            image.set_data_from_numpy(pixels)
+            result = client.infer("seg", [image], model_version=version)
+            assert result.get_response().model_version == answered
+            assert result.as_numpy("labels")[0, 1, 1] == label
+        with pytest.raises(InferenceServerException, match="version '5'"):
+            client.infer("seg", [image], model_version="5")
