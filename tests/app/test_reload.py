@@ -212,3 +212,18 @@ def wait_for(condition: object, timeout: float = 30.0) -> None:
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_readiness_returns_once_a_file_that_failed_at_startup_is_fixed_or_gone(
+    tmp_path: Path,
+) -> None:
+    repo_model(tmp_path, "seg", "1")
+    (tmp_path / "broken.onnx").write_bytes(b"\x08\x07garbage")
+    registry = registry_for(tmp_path)
+    assert not registry.ready  # a file that failed at startup holds readiness back
+    registry.reload()
+    assert not registry.ready  # unchanged: still failed, still counted
+    (tmp_path / "broken.onnx").unlink()
+    registry.reload()
+    assert registry.ready and [s.file for s in registry.statuses] == ["seg/1/model.onnx"]
+    assert Settings(model_poll_s="").model_poll_s is None  # type: ignore[arg-type]
