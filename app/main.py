@@ -95,8 +95,8 @@ def create_app(
         )
         try:
             if not role.accepts_while_loading:
-                # Connections wait in the shared listener's queue meanwhile, for the processes
-                # already serving; a stop signal ends the wait.
+                # It listens only after this (app/supervisor.py): connections go to the
+                # workers already serving meanwhile. A stop signal ends the wait.
                 await _wait_until(lambda: registry.loaded.is_set() or registry.draining, None)
             yield
         finally:

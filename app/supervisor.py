@@ -1,15 +1,20 @@
 """Several worker processes on one port (SEG_PROCESSES).
 
-The supervisor (the process `segserve serve` starts) binds the listening socket once and
-starts the worker processes (`spawn`: fresh interpreters, each with its own onnxruntime
-sessions, on the same GPU on CUDA); every worker serves that one inherited socket, so the
-kernel hands each new connection to whichever worker accepts it first. The supervisor
-serves nothing itself:
+The supervisor (the process `segserve serve` starts) holds the port and starts the worker
+processes (`spawn`: fresh interpreters, each with its own onnxruntime sessions, on the same
+GPU on CUDA). Each worker listens on the port with its own SO_REUSEPORT socket, and the
+kernel spreads new connections over the workers listening, by a hash of their addresses.
+(One listening socket shared by every worker, as gunicorn does, was tried first: the
+worker woken first accepts every connection waiting, so kept-alive clients that connect
+at once can all land on one worker; 208 of 216 requests did, from 4 clients, in one
+round of bench/processes_benchmark.py.) A worker listens only once its models are loaded,
+so connections never wait on one that is loading. The supervisor serves nothing
+itself:
 
-- SIGTERM or SIGINT: it closes its copy of the socket and forwards SIGTERM to every worker,
-  which drains as a single process does (readiness 503, SEG_DRAIN_DELAY_S, in-flight
-  requests finished within SEG_SHUTDOWN_TIMEOUT_S); it exits once they all have (workers
-  still running well past that are killed). A second signal is forwarded too: the workers
+- SIGTERM or SIGINT: it forwards SIGTERM to every worker, which drains as a single process
+  does (readiness 503, SEG_DRAIN_DELAY_S, in-flight requests finished within
+  SEG_SHUTDOWN_TIMEOUT_S); it exits once they all have (workers still running well past
+  that are killed). A second signal is forwarded too: the workers
   then skip the drain delay.
 - A worker that exits on its own is logged and replaced by a new one (after 0.5 s, doubling
   up to 30 s while replacements keep failing within a minute). A worker that fails before it
@@ -17,7 +22,7 @@ serves nothing itself:
   setting, a gRPC port in use.
 - Metrics: every worker writes its samples to files in a folder made for this start
   (PROMETHEUS_MULTIPROC_DIR); /metrics in any worker adds them all up.
-- Only the first worker runs the job worker and the gRPC server (app.main.ProcessRole).
+- Only the first worker runs the job worker and the gRPC server (`ProcessRole`).
 
 `SEG_PROCESSES=auto` (the default) serves in one process, with no supervisor, when the
 sessions cannot run on CUDA (SEG_DEVICE=cpu, or onnxruntime has no CUDA provider). Otherwise
@@ -54,7 +59,6 @@ log = logging.getLogger("segserve.processes")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # as app.observability reads it
 CUDA_PROVIDER = "CUDAExecutionProvider"
 MAX_AUTO_PROCESSES = 8
-BACKLOG = 2048  # uvicorn's default
 RESTART_FIRST_S = 0.5
 RESTART_MAX_S = 30.0
 STABLE_S = 60.0  # a worker that served this long counts as healthy: the backoff resets
@@ -140,14 +144,16 @@ def worker_settings(settings: Settings, count: int) -> Settings:
     return settings.model_copy(update={"intra_op_threads": max(1, cores // count)})
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """The listening socket every worker serves (inherited; as uvicorn binds its own)."""
+def port_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port` with SO_REUSEPORT, not yet listening. The supervisor
+    holds one (never listening: it gets no connections, but no process without
+    SO_REUSEPORT can take the port); each worker listens on one of its own."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        sock.listen(BACKLOG)
     except OSError:
         sock.close()
         raise
@@ -190,13 +196,14 @@ class Supervisor:
         self.forwarded = 0
         self.stopping_since: float | None = None
         self.failed = False
+        self.killed = False  # the workers left after the stop budget
         self.metrics_dir = ""
-        self.listener: socket.socket | None = None
+        self.port: socket.socket | None = None
 
     def run(self) -> int:
         """Serve until a stop signal and every worker has drained; the exit status."""
         try:
-            self.listener = listen(self.settings.host, self.settings.port)
+            self.port = port_socket(self.settings.host, self.settings.port)
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", self.settings.host, self.settings.port, exc)
             return 1
@@ -221,8 +228,8 @@ class Supervisor:
                 worker.process.kill()
             for number, handler in previous.items():
                 signal.signal(number, handler)
-            if self.listener is not None:
-                self.listener.close()
+            if self.port is not None:
+                self.port.close()
             os.environ.pop(MULTIPROC_ENV, None)
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
@@ -230,14 +237,12 @@ class Supervisor:
         self.signals += 1
 
     def _start(self, index: int, first_start: bool) -> None:
-        assert self.listener is not None
         role = ProcessRole(index, self.count, first_start, supervised=True)
         reader, writer = self.context.Pipe(duplex=False)
         process = self.context.Process(
             target=worker_main,
             args=(
                 worker_settings(self.settings, self.count),
-                self.listener,
                 role,
                 writer,
                 self.session_factory,
@@ -255,9 +260,14 @@ class Supervisor:
             if self.stopping_since is not None:
                 if not self.workers:
                     return 1 if self.failed else 0
-                if time.monotonic() - self.stopping_since > self._stop_budget():
+                if time.monotonic() - self.stopping_since > self._stop_budget() and not self.killed:
+                    self.killed = True
                     for worker in self.workers.values():
-                        log.error("worker %d did not stop in time: killed", worker.process.pid)
+                        log.error(
+                            "worker %d (pid %s) did not stop in time: killed",
+                            worker.role.index + 1,
+                            worker.process.pid,
+                        )
                         worker.process.kill()
             else:
                 now = time.monotonic()
@@ -282,10 +292,6 @@ class Supervisor:
         if first:
             self.stopping_since = time.monotonic()
             self.restart_at.clear()
-            if self.listener is not None:
-                # Once every worker has closed its copy, new connections are refused.
-                self.listener.close()
-                self.listener = None
             log.info("stopping: %d worker(s) drain", len(self.workers))
         self.forwarded = self.signals
         for worker in self.workers.values():
@@ -365,7 +371,6 @@ class Supervisor:
 
 def worker_main(
     settings: Settings,
-    listener: socket.socket,
     role: ProcessRole,
     reports: Connection,
     session_factory: SessionFactory | None,
@@ -383,6 +388,9 @@ def worker_main(
     threading.Thread(
         target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True
     ).start()
+    # Bound now, so that a port taken stops the start; it listens (joins the ones the kernel
+    # spreads connections over) once uvicorn starts serving, after the app's startup.
+    listener = port_socket(settings.host, settings.port)
     server.run(sockets=[listener])
     if not server.started:
         sys.exit(STARTUP_FAILURE)

@@ -136,18 +136,20 @@ def test_two_workers_answer_metrics_add_up_and_a_killed_worker_is_replaced(
 
 
 def test_sigterm_drains_every_worker_and_then_the_supervisor_exits(model_dir: Path) -> None:
-    env = {"SEG_PROCESSES": "2", "SEG_DRAIN_DELAY_S": "1"}
+    # 12 requests on connections of their own: each worker gets some, but for a chance of
+    # 2 in 4096 (the kernel spreads connections by a hash).
+    env = {"SEG_PROCESSES": "2", "SEG_DRAIN_DELAY_S": "1", "SEG_WORKERS": "4"}
     with slow_server(model_dir, 1.5, **env) as (base, process):
         workers = wait_for(lambda: two_workers(base))
         pixels = grey_pattern(20, 24)
-        with ThreadPoolExecutor(4) as pool:
-            in_flight = [pool.submit(segment, base, pixels) for _ in range(4)]
+        with ThreadPoolExecutor(12) as pool:
+            in_flight = [pool.submit(segment, base, pixels) for _ in range(12)]
             time.sleep(0.5)  # accepted, running or queued in both workers
             process.send_signal(signal.SIGTERM)
             time.sleep(0.3)
             ready = httpx.get(f"{base}/health/ready", timeout=5)
             assert ready.status_code == 503 and "shutting down" in ready.json()["problem"]
-            assert [f.result(timeout=60) for f in in_flight] == [200] * 4
+            assert [f.result(timeout=60) for f in in_flight] == [200] * 12
         assert process.wait(timeout=60) == 0, server_output(process)
         output = server_output(process)
     assert len(set(answered_by(output))) == 2, output  # both had requests to finish
@@ -194,6 +196,20 @@ def test_grpc_and_the_job_worker_run_in_one_process_jobs_queue_in_any(
                 list(pool.map(submit_and_check, range(seed, seed + 4)))
                 seed += 4
         assert submitters(process) == workers, server_output(process)
+
+        # A killed supervisor leaves no worker serving on.
+        process.kill()
+        process.wait(timeout=10)
+        wait_for(lambda: not any(alive(pid) for pid in workers), timeout=60)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (a zombie has)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
 
 
 def finished(location: str) -> dict[str, Any] | None:
