@@ -102,6 +102,12 @@ def canonicalise(
             f"{_shape_text(dims)}, but mean/std give {channels}"
         )
     fixed = _fixed_size(dims, hw_axes)
+    batch = dims[0] if dims is not None and isinstance(dims[0], int) and dims[0] > 0 else None
+    if batch is not None and batch != 1:
+        raise ValueError(
+            f"input {input_name!r} has a fixed batch of {batch}: export it with a dynamic "
+            "batch axis (or a batch of 1)"
+        )
 
     inner = onnx.compose.add_prefix(model, _INNER)
     nodes: list[onnx.NodeProto] = []
@@ -140,11 +146,30 @@ def canonicalise(
         x = node("Transpose", [x], "nhwc_input", perm=[0, 2, 3, 1])
     if in_type.elem_type != TensorProto.FLOAT:
         x = node("Cast", [x], "model_input", to=in_type.elem_type)
-    nodes.append(helper.make_node("Identity", [x], [_INNER + input_name], name=_OWN + "feed"))
+    out_type = outputs[scores_output].type.tensor_type
+    inner_nodes = list(inner.graph.node)
+    if batch is None:
+        nodes.append(helper.make_node("Identity", [x], [_INNER + input_name], name=_OWN + "feed"))
+        scores = _INNER + scores_output
+    else:  # a model made for one image at a time runs once per image of the batch
+        axis0 = const("axis0", np.array([0], np.int64))
+        body_nodes = [
+            helper.make_node("Unsqueeze", [_OWN + "one", axis0], [_INNER + input_name]),
+            *_prune(inner_nodes, [_INNER + scores_output]),
+            helper.make_node("Squeeze", [_INNER + scores_output, axis0], [_OWN + "one_scores"]),
+        ]
+        body = helper.make_graph(
+            body_nodes,
+            "one_image",
+            [helper.make_tensor_value_info(_OWN + "one", in_type.elem_type, None)],
+            [helper.make_tensor_value_info(_OWN + "one_scores", out_type.elem_type, None)],
+            value_info=[v for v in inner.graph.value_info if v.name in _used_names(body_nodes)],
+        )
+        scores = node("Scan", [x], "per_image", num_scan_inputs=1, body=body)
+        inner_nodes = []
+    split = len(nodes)
 
     # The model's scores to logits and labels.
-    scores = _INNER + scores_output
-    out_type = outputs[scores_output].type.tensor_type
     if out_type.elem_type != TensorProto.FLOAT:
         scores = node("Cast", [scores], "scores_float", to=TensorProto.FLOAT)
     if scores_layout == "NHWC":
@@ -169,7 +194,7 @@ def canonicalise(
         declared = classes[k_axis]
         k = declared if isinstance(declared, int) else k
     graph_out = helper.make_graph(
-        _needed(nodes, inner.graph.node, [LOGITS, LABELS]),
+        _prune([*nodes[:split], *inner_nodes, *nodes[split:]], [LOGITS, LABELS]),
         inner.graph.name or "canonical",
         [
             helper.make_tensor_value_info(
@@ -189,7 +214,8 @@ def canonicalise(
     graph_out.sparse_initializer.extend(
         s for s in inner.graph.sparse_initializer if s.values.name in used
     )
-    graph_out.value_info.extend(v for v in inner.graph.value_info if v.name in used)
+    if batch is None:
+        graph_out.value_info.extend(v for v in inner.graph.value_info if v.name in used)
     wrapped = helper.make_model(
         graph_out,
         opset_imports=list(inner.opset_import),
@@ -290,12 +316,9 @@ def _used_names(nodes: Iterable[onnx.NodeProto]) -> set[str]:
     return used
 
 
-def _needed(
-    own: list[onnx.NodeProto], inner: Iterable[onnx.NodeProto], outputs: list[str]
-) -> list[onnx.NodeProto]:
-    """The nodes the outputs depend on, in a valid order: the model's first (they are already
-    sorted), then ours. Nodes feeding only dropped outputs (an `aux` head) are left out."""
-    ordered = [*own[: _feed_index(own) + 1], *inner, *own[_feed_index(own) + 1 :]]
+def _prune(ordered: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
+    """The nodes the outputs depend on, in their (valid) order. Nodes feeding only dropped
+    outputs (an `aux` head, the model's own argmax) are left out."""
     wanted = set(outputs)
     kept: list[onnx.NodeProto] = []
     for n in reversed(ordered):
@@ -304,7 +327,3 @@ def _needed(
             wanted.update(n.input)
             wanted |= _subgraph_inputs(n)
     return kept[::-1]
-
-
-def _feed_index(own: list[onnx.NodeProto]) -> int:
-    return next(i for i, n in enumerate(own) if n.name == _OWN + "feed")

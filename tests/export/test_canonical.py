@@ -51,6 +51,7 @@ def _conv_model(
     aux: bool = False,
     fixed: tuple[int, int] | None = None,
     dtype: int = TensorProto.FLOAT,
+    batch: int | str = "n",
 ) -> onnx.ModelProto:
     """A 3x3 convolution to k classes (stride `stride`), optionally NHWC in and out, with
     softmax, with a second `aux` output, a fixed input size or float16 arithmetic."""
@@ -76,7 +77,7 @@ def _conv_model(
         nodes.append(helper.make_node("Neg", ["conv"], ["aux"]))
         outputs.append(helper.make_tensor_value_info("aux", dtype, None))
     h, w = fixed or ("h", "w")
-    shape = ["n", 3, h, w] if layout == "NCHW" else ["n", h, w, 3]
+    shape = [batch, 3, h, w] if layout == "NCHW" else [batch, h, w, 3]
     graph = helper.make_graph(
         nodes,
         "conv",
@@ -254,3 +255,25 @@ def test_two_inputs_are_refused() -> None:
     model.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [1]))
     with pytest.raises(ValueError, match="feeds only the image"):
         canonicalise(model, input_name="pixels", scores_output="out", mean=MEAN, std=STD)
+
+
+@pytest.mark.parametrize("fixed", [None, (24, 32)], ids=["dynamic-size", "fixed-size"])
+def test_fixed_batch_of_one_runs_once_per_image(fixed: tuple[int, int] | None) -> None:
+    """torch.onnx.export without dynamic axes fixes the batch at 1 (and the size): the
+    service still sends batches (tiles, dynamic batching, a v2 batch)."""
+    model = _conv_model(batch=1, fixed=fixed, aux=True)
+    wrapped = canonicalise(model, input_name="pixels", scores_output="out", mean=MEAN, std=STD)
+    pixels = _pixels(3, 3, 24, 32)
+    logits, labels = _session(wrapped).run(None, {"image": pixels})
+    assert logits.shape == (3, 4, 24, 32) and labels.shape == (3, 24, 32)
+    x = _normalised(pixels, MEAN, STD)
+    want = np.concatenate([_original(model, x[i : i + 1]) for i in range(3)])
+    np.testing.assert_allclose(logits, want, atol=1e-4)
+    np.testing.assert_array_equal(labels, logits.argmax(1))
+
+
+def test_fixed_batch_above_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="fixed batch of 4"):
+        canonicalise(
+            _conv_model(batch=4), input_name="pixels", scores_output="out", mean=MEAN, std=STD
+        )
