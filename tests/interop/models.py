@@ -24,6 +24,7 @@ class Case:
     stride: float = 1.0  # the scores' output stride, checked in the printed spec's notes
     kind: str = "logits"
     flags: tuple[str, ...] = ()  # more `segserve import` flags
+    dynamic: bool = True  # False: exported without dynamic axes (batch 1, fixed size)
 
 
 class FirstOutput(nn.Module):
@@ -101,6 +102,7 @@ def segformer(classes: int) -> nn.Module:
 
 CASES = [
     Case("lraspp", 5, lraspp, ("out",)),
+    Case("lraspp-fixed", 3, lraspp, ("out",), height=64, width=64, dynamic=False),
     Case("deeplabv3", 4, deeplabv3, ("out", "aux"), height=64, width=64),
     # smp 0.6's U-Net resizes inside to its skips' sizes, so it runs at any size, but smp
     # asks for multiples of its encoder's stride 32 (it refuses others in eager mode).
@@ -128,7 +130,7 @@ def export(case: Case, path: Path) -> None:
             str(path),
             input_names=["input"],
             output_names=list(case.output_names),
-            dynamic_axes={"input": spatial},
+            dynamic_axes={"input": spatial} if case.dynamic else None,
             opset_version=17,
             dynamo=False,
         )

@@ -109,9 +109,9 @@ def png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def v2_infer(client: TestClient, name: str, pixels: np.ndarray) -> triton.InferResult:
-    image = triton.InferInput("image", [1, *pixels.shape], "UINT8")
-    image.set_data_from_numpy(pixels[None])
+def v2_infer(client: TestClient, name: str, batch: np.ndarray) -> triton.InferResult:
+    image = triton.InferInput("image", list(batch.shape), "UINT8")
+    image.set_data_from_numpy(batch)
     outputs = [
         triton.InferRequestedOutput("labels"),
         triton.InferRequestedOutput("probabilities"),
@@ -142,9 +142,11 @@ def test_served_class_maps_equal_onnxruntime_on_the_original(
     assert v1.shape == pixels.shape[:2]
     assert_same_class_map(v1, scores)
 
-    result = v2_infer(client, name, pixels)
+    result = v2_infer(client, name, np.stack([pixels, pixels[::-1]]))  # a batch of two
     v2 = result.as_numpy("labels")[0]
     np.testing.assert_array_equal(v2, v1)
+    flipped = original_scores(case, imported.sources / f"{name}.onnx", pixels[::-1].copy())
+    assert_same_class_map(result.as_numpy("labels")[1], flipped)
     probabilities = result.as_numpy("probabilities")[0]
     assert probabilities.shape == (case.classes, *pixels.shape[:2])
     if case.kind == "probabilities":  # the canonical graph's log undone by the softmax
@@ -162,6 +164,9 @@ def test_the_probe_found_what_the_model_is(name: str, imported: Imported) -> Non
     assert spec.num_classes == case.classes
     assert spec.size_multiple == (32 if name == "smp-unet" else 1)
     assert ("output stride 4" in spec.description) == (case.stride == 4)
+    if not case.dynamic:  # tiles of the fixed size feed it unresized
+        assert spec.tile is not None and spec.tile.size == case.height == case.width
+        assert f"fixed input size {case.height}x{case.width}" in spec.description
     model = onnx.load(str(imported.repo / name / "1" / "model.onnx"))
     assert [o.name for o in model.graph.output] == ["logits", "labels"]
     assert ModelSpec.from_metadata({p.key: p.value for p in model.metadata_props}) == spec
