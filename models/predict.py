@@ -25,8 +25,11 @@ def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Logits (1, K, H, W) for x (1, C, H, W); mirror-pads to `multiple`, crops back.
-    Runs on the model's device and returns the logits there."""
-    x = x.to(next(model.parameters()).device)
+    Runs on the model's device (of its first parameter, if any) and returns the logits
+    there."""
+    weight = next(model.parameters(), None)
+    if weight is not None:
+        x = x.to(weight.device)
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph or pw:

@@ -7,7 +7,8 @@ with `--init-from` or from a shipped ONNX file with `--init-from-onnx`, validate
 redraws a training-curve PNG as it goes.
 
 On a GPU (`--device auto` finds it): bf16 autocast, channels_last, cuDNN autotuning and
-augmentation in `--workers` DataLoader processes (models/accel.py). `--minutes` bounds
+augmentation in `--workers` DataLoader processes (models/accel.py) or, with
+`--gpu-augment`, on the device itself (models/gpu_augment.py). `--minutes` bounds
 the training time: the learning-rate schedule then runs on the clock (warm-up, cosine
 to 1 % at the budget's end), and the run stops in time, validated, with its best
 checkpoint kept. `--arch-options '{"base_width": 32}'` overrides the task's network.
@@ -37,6 +38,7 @@ from models.accel import (
     to_device,
 )
 from models.datasets import DEFAULT_DATA_ROOT, EpochSampler
+from models.gpu_augment import GpuAugment
 from models.losses import weighted_cross_entropy
 from models.onnx_weights import load_onnx_weights, recalibrate_batch_norm
 from models.plots import plot_curves
@@ -77,6 +79,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA
     channels_last: bool = True  # on CUDA
     workers: int = 0  # DataLoader processes that augment (0: in the training process)
+    gpu_augment: bool = False  # augment batches on the device instead (models/gpu_augment.py)
     minutes: float = 0.0  # training-time budget; 0 = run all epochs
     ckpt_every: int = 0  # steps between saves of last.pt inside an epoch; 0 = per epoch
 
@@ -171,6 +174,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     total_steps = cfg.epochs * cfg.steps_per_epoch
     sampler = EpochSampler(len(data.train), cfg.seed)
     loader = build_loader(data.train, sampler, cfg.batch_size, cfg.workers, device)
+    augment = (
+        GpuAugment(
+            "isbi" if cfg.task == "unet-isbi" else "camvid",
+            data.train.images,
+            data.train.labels,
+            data.train.weights,
+            task.mean,
+            task.std,
+            cfg.crop,
+            device,
+            seed=cfg.seed,
+            void=task.ignore_index,
+        )
+        if cfg.gpu_augment
+        else None
+    )
     better = (lambda a, b: a > b) if task.selection_higher_is_better else (lambda a, b: a < b)
     budget_s = cfg.minutes * 60 if cfg.minutes > 0 else math.inf
 
@@ -197,7 +216,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model.train()
         started, losses = time.time(), []
         step_started = time.time()
-        for x, y, w in loader:
+        end = (epoch + 1) * cfg.steps_per_epoch
+        batches = (
+            loader
+            if augment is None
+            else (augment.batch(step, cfg.batch_size) for step in range(state["step"], end))
+        )
+        for x, y, w in batches:
             lr = lr_at(state["step"], total_steps, cfg, state["elapsed_s"])
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -1,9 +1,10 @@
 """Train both models side by side on one GPU, export them, and pack the results.
 
 Made for one call of the device tool (README "Training"): `scripts/gpu_train.sh` runs
-`python3 scripts/gpu_train.py --data-root pack --out $OUT --minutes 5.5`. Each job is a
-`python -m models.train` process of its own (the GPU has room for all of them; the CPU
-cores are split among their DataLoader workers):
+`python3 scripts/gpu_train.py --data-root pack --out $OUT --minutes 5`. Each job is a
+`python -m models.train` process of its own (the GPU has room for all of them), with
+its training set on the GPU and augmented there (`--gpu-augment`; `--cpu-augment`
+switches to DataLoader workers, the cores split among the jobs):
 
 - `unet`: U-Net, base width 32 (the paper's 64 would make a 124 MB ONNX file, over the
   32 MiB a shipped model may weigh), the paper's border weights, elastic augmentation.
@@ -52,8 +53,8 @@ CAMVID = {
     "lr": 2e-3,
     "weight-decay": 1e-4,
     "warmup-steps": 200,
-    "steps-per-epoch": 50,
-    "val-every": 2,
+    "steps-per-epoch": 250,
+    "val-every": 4,
     "ema": 0.999,
 }
 JOBS: dict[str, dict[str, Any]] = {
@@ -66,8 +67,8 @@ JOBS: dict[str, dict[str, Any]] = {
         "lr": 1e-3,
         "weight-decay": 1e-4,
         "warmup-steps": 200,
-        "steps-per-epoch": 50,
-        "val-every": 2,
+        "steps-per-epoch": 250,
+        "val-every": 4,
         "val-views": 8,
         "ema": 0.999,
         "ship": True,
@@ -100,7 +101,8 @@ def job_args(name: str, spec: dict[str, Any], args: argparse.Namespace) -> list[
             "threads": 2,
             "data-root": str(args.data_root),
             "out-dir": str(args.work / name),
-            "ckpt-every": 200,
+            "ckpt-every": 500,
+            "gpu-augment": not args.cpu_augment,
         }
     )
     if args.tiny:
@@ -242,12 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-out")))
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu_train"))
     parser.add_argument("--jobs", default=",".join(JOBS), help=f"of {sorted(JOBS)}")
-    parser.add_argument("--minutes", type=float, default=5.5, help="training time per job")
+    parser.add_argument("--minutes", type=float, default=5.0, help="training time per job")
     parser.add_argument(
         "--deadline-minutes", type=float, default=0.0, help="stop jobs after (0: minutes + 2)"
     )
     parser.add_argument("--workers", type=int, default=0, help="per job (0: cores / jobs - 1)")
     parser.add_argument("--tiny", action="store_true", help="a CPU rehearsal of the whole path")
+    parser.add_argument(
+        "--cpu-augment", action="store_true", help="augment in DataLoader workers, not on the GPU"
+    )
     args = parser.parse_args(argv)
     names = [n for n in args.jobs.split(",") if n]
     unknown = set(names) - set(JOBS)

@@ -15,6 +15,7 @@ import torch
 
 from models.datasets import DEFAULT_DATA_ROOT, EpochSampler, SegmentationDataset, camvid_sequence
 from models.dilated import DilatedConfig, DilatedNet
+from models.gpu_augment import GpuAugment
 from models.losses import median_frequency_weights
 from models.onnx_weights import load_onnx_weights, recalibrate_batch_norm
 from models.registry import build_model
@@ -166,3 +167,62 @@ def test_resume_from_a_save_inside_an_epoch_continues_there(tmp_path: Path) -> N
     torch.save(last, run / "last.pt")
     state = train(tiny(tmp_path, epochs=1, steps_per_epoch=4, resume=True))
     assert state["step"] == 4 and len(state["history"]) == 1
+
+
+def test_gpu_augment_camvid_at_scale_one_is_a_window_of_a_frame_maybe_flipped() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (3, 12, 16, 3), dtype=np.uint8)
+    labels = rng.integers(0, 11, (3, 12, 16), dtype=np.uint8)
+    cpu = torch.device("cpu")
+    aug = GpuAugment("camvid", images, labels, None, [0.5] * 3, [0.25] * 3, 8, cpu, scale=(1, 1))
+    x, y, w = aug.batch(step=5, n=6)
+    assert (
+        x.shape == (6, 3, 8, 8) and y.dtype == torch.int64 and torch.equal(w, torch.ones(6, 8, 8))
+    )
+    windows = {
+        (lab[t : t + 8, s : s + 8][:, ::flip]).tobytes()
+        for lab in labels.astype(np.int64)
+        for t in range(5)
+        for s in range(9)
+        for flip in (1, -1)
+    }
+    assert all(sample.numpy().tobytes() in windows for sample in y)
+    x2, y2, _ = aug.batch(step=5, n=6)
+    assert torch.equal(x, x2) and torch.equal(y, y2)  # seeded per step: resumes replay
+    assert not torch.equal(aug.batch(step=6, n=6)[1], y)
+
+
+def test_gpu_augment_camvid_marks_what_lies_beyond_a_shrunken_frame_void() -> None:
+    images = np.full((1, 8, 8, 3), 100, np.uint8)
+    labels = np.zeros((1, 8, 8), np.uint8)
+    aug = GpuAugment(
+        "camvid",
+        images,
+        labels,
+        None,
+        [0.5] * 3,
+        [0.25] * 3,
+        8,
+        torch.device("cpu"),
+        scale=(0.5, 0.5),
+    )
+    _, y, _ = aug.batch(step=0, n=2)
+    assert ((y == 11).float().mean(dim=(1, 2)) == 0.75).all()  # a 4x4 frame in an 8x8 crop
+
+
+def test_gpu_augment_isbi_keeps_labels_binary_and_weights_warped() -> None:
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (2, 64, 64), dtype=np.uint8)
+    labels = (rng.random((2, 64, 64)) < 0.2).astype(np.uint8)
+    weights = np.full((2, 64, 64), 3.0, np.float32)
+    aug = GpuAugment("isbi", images, labels, weights, [0.49], [0.17], 32, torch.device("cpu"))
+    x, y, w = aug.batch(step=0, n=4)
+    assert x.shape == (4, 1, 32, 32) and set(y.unique().tolist()) <= {0, 1}
+    assert torch.allclose(w, torch.full_like(w, 3.0))
+    assert 0.1 < y.float().mean() < 0.3
+
+
+@needs_data
+def test_training_with_gpu_augmentation_runs_on_the_cpu_too(tmp_path: Path) -> None:
+    state = train(tiny(tmp_path, epochs=1, gpu_augment=True))
+    assert state["step"] == 2 and np.isfinite(state["history"][0]["train_loss"])
