@@ -1,10 +1,11 @@
 """Where the CPU time of one POST /v1/models/{name}/segment goes, stage by stage (issue 15).
 
     .venv/bin/python -m bench.profile_stages [--repeats 40] [--label after] [--no-server]
-                                             [--out bench/results/stages.json]
+                                             [--jpeg] [--out bench/results/stages.json]
 
 Two measurements on the shipped models (CPU provider), ISBI 512x512 and CamVid 480x360 PNG,
-each sent as a raw image/png body and as multipart/form-data:
+each sent as a raw image/png body and as multipart/form-data (with `--jpeg`, also
+re-encoded as a quality-90 4:2:0 JPEG, raw):
 
 1. In process, the request path's own functions called in the order the route calls them,
    each stage timed by the calling thread's CPU time (time.thread_time), the process's CPU
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import platform
@@ -44,6 +46,7 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 from fastapi import Response
+from PIL import Image
 from starlette.requests import Request
 
 from app.api.body import read_image_upload
@@ -164,23 +167,33 @@ def one_request(
     return answer
 
 
-def cases() -> list[tuple[str, str, bytes, str]]:
+def jpeg(path: Path) -> bytes:
+    """The sample re-encoded as a JPEG (quality 90, 4:2:0), as a camera would send it."""
+    buffer = io.BytesIO()
+    with Image.open(path) as image:
+        image.save(buffer, format="JPEG", quality=90, subsampling=2)
+    return buffer.getvalue()
+
+
+def cases(with_jpeg: bool = False) -> list[tuple[str, str, bytes, str]]:
     """(model, transport, body, content type) for every combination measured."""
     rows = []
     for name, path in SAMPLE.items():
         image = path.read_bytes()
         rows.append((name, "raw", image, "image/png"))
         rows.append((name, "multipart", *multipart(image)))
+        if with_jpeg:
+            rows.append((name, "raw-jpeg", jpeg(path), "image/jpeg"))
     return rows
 
 
-def in_process(repeats: int) -> dict[str, dict[str, dict[str, float]]]:
+def in_process(repeats: int, with_jpeg: bool) -> dict[str, dict[str, dict[str, float]]]:
     settings = Settings(model_dir=SHIPPED_MODEL_DIR, device="cpu")
     registry = loaded_registry(settings)
     loop = asyncio.new_event_loop()
     results: dict[str, dict[str, dict[str, float]]] = {}
     try:
-        for name, transport, body, content_type in cases():
+        for name, transport, body, content_type in cases(with_jpeg):
             model = registry.get(name)
             for _ in range(3):  # warm-up
                 one_request(model, body, content_type, settings, loop, Clock())
@@ -226,7 +239,7 @@ def measured(fn: Callable[[], T]) -> tuple[T, float]:
     return value, (time.perf_counter() - started) * 1000
 
 
-def real_server(repeats: int) -> dict[str, dict[str, float]]:
+def real_server(repeats: int, with_jpeg: bool) -> dict[str, dict[str, float]]:
     """Per case: the server's CPU ms per request and the client's wall p50 in ms."""
     port = free_port()
     command = serve_command(port, SHIPPED_MODEL_DIR)
@@ -236,7 +249,7 @@ def real_server(repeats: int) -> dict[str, dict[str, float]]:
         server(command, port, env, "/health/ready") as process,
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client,
     ):
-        for name, transport, body, content_type in cases():
+        for name, transport, body, content_type in cases(with_jpeg):
             url = f"/v1/models/{name}/segment"
 
             def post(body: bytes = body, content_type: str = content_type,
@@ -289,10 +302,11 @@ def main() -> None:
     parser.add_argument("--no-server", action="store_true", help="skip the real server")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--precision", default="fp32", help="SEG_PRECISION (default fp32)")
+    parser.add_argument("--jpeg", action="store_true", help="also the samples as JPEG (raw)")
     args = parser.parse_args()
     os.environ["SEG_PRECISION"] = args.precision  # read by Settings here and in the server
-    stages = in_process(args.repeats)
-    served = None if args.no_server else real_server(args.repeats)
+    stages = in_process(args.repeats, args.jpeg)
+    served = None if args.no_server else real_server(args.repeats, args.jpeg)
     print(table(stages, served))
     runs: dict[str, Any] = {}
     if args.out.exists():

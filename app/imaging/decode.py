@@ -12,16 +12,9 @@ Conversion rules (also in the README):
 Only the plugins of the accepted formats parse an upload, and whatever a plugin raises on
 a damaged file is InvalidImage (400), never a 500.
 
-Pillow always reads the header (format, size, mode: the size limit is checked there). The
-pixels of plain PNGs (8-bit grey, RGB or RGBA, no transparency chunk, nothing that could
-carry an EXIF orientation, no animation, no compressed text) are then decoded by libspng
-(imagecodecs, already a dependency for TIFF): about 2x faster for RGB, whose pixels Pillow
-unpacks to 4 bytes each and copies again into numpy. libspng's output for those files is
-exactly Pillow's (PNG is lossless; gamma, sRGB, cHRM and ICC chunks are ignored by both),
-and it is the stricter reader (chunk CRCs, the zlib checksum): a file it refuses goes to
-Pillow, which decides as before. Everything else is Pillow's. JPEG stays on Pillow, which
-runs libjpeg-turbo itself: simplejpeg measured at most ~0.3 ms faster per 480x360 image,
-not worth a dependency (issue 15).
+Pillow always reads the header (format, size, mode: the size limit is checked there);
+plain PNGs and JPEGs are then decoded by libspng and libjpeg-turbo directly, to exactly
+Pillow's pixels (app/imaging/fast_decode.py), everything else by Pillow.
 """
 
 from __future__ import annotations
@@ -32,7 +25,6 @@ from dataclasses import dataclass
 from typing import IO
 
 import numpy as np
-from imagecodecs import spng_decode  # loaded now, not on the first request
 from PIL import (
     BmpImagePlugin,
     GifImagePlugin,
@@ -46,6 +38,7 @@ from PIL import (
 )
 
 from app.errors import InvalidImage, PayloadTooLarge
+from app.imaging.fast_decode import fast_pixels
 
 # We enforce our own limit (SEG_MAX_PIXELS) from the header before decoding; Pillow's
 # own bomb check would fire at a different, fixed size.
@@ -143,7 +136,7 @@ def _decode_opened(
         check_size(width, height)
     mode = opened.mode
     try:
-        pixels = fast_png(opened, source)
+        pixels = fast_pixels(opened, source)
         if pixels is None:
             opened.seek(0)
             opened.load()
@@ -153,84 +146,6 @@ def _decode_opened(
     except Exception as exc:  # any plugin failure on untrusted data is a bad file
         raise InvalidImage(f"the image data is truncated or corrupt: {_reason(exc)}") from None
     return DecodedImage(pixels, file_format, mode)
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Pillow's modes of 8-bit PNGs: (PNG colour type, the decoded array's trailing shape).
-_PLAIN_PNG: dict[str, tuple[int, tuple[int, ...]]] = {
-    "L": (0, ()),
-    "RGB": (2, (3,)),
-    "RGBA": (6, (4,)),
-}
-# Chunks that send a PNG to Pillow: EXIF (an orientation), animation, compressed text (read
-# by Pillow with its own bounds). tEXt is looked at by keyword (see `_orientation_text`).
-_PILLOW_CHUNKS = frozenset({b"eXIf", b"acTL", b"fcTL", b"fdAT", b"zTXt", b"iTXt", b"tRNS"})
-
-
-def fast_png(opened: Image.Image, source: IO[bytes]) -> np.ndarray | None:
-    """The canonical pixels of a plain PNG (`opened` by Pillow from `source`) decoded by
-    libspng, or None: Pillow decodes it.
-
-    Plain: Pillow reads it as 8-bit L, RGB or RGBA (alpha dropped as `_to_canonical`
-    does), the chunk list is whole up to IEND, and no chunk could change what Pillow's path
-    gives (see `_PILLOW_CHUNKS`). A file libspng refuses, or whose decoded shape is not the
-    header's, is Pillow's to decide."""
-    if (
-        opened.format != "PNG"
-        or opened.mode not in _PLAIN_PNG
-        or opened.info.get("transparency") is not None
-    ):
-        return None
-    width, height = opened.size
-    colour_type, channels = _PLAIN_PNG[opened.mode]
-    # Read whole only when no larger than its pixels (+ slack): a file on disk (spooled)
-    # that is mostly ancillary chunks is not pulled into memory for this.
-    if source.seek(0, io.SEEK_END) > 2 * height * width * len(channels or (1,)) + 65536:
-        return None
-    source.seek(0)
-    data = source.read()
-    if not _plain_chunks(data, colour_type):
-        return None
-    try:
-        decoded = spng_decode(data)
-    except MemoryError:
-        raise  # 413, as from Pillow
-    except Exception:  # a damaged file, or one libspng reads more strictly: Pillow decides
-        return None
-    if decoded.dtype != np.uint8 or decoded.shape != (height, width, *channels):
-        return None
-    if opened.mode == "RGBA":
-        return np.ascontiguousarray(decoded[..., :3])
-    return np.asarray(decoded)
-
-
-def _plain_chunks(data: bytes, colour_type: int) -> bool:
-    """IHDR says 8 bits of `colour_type`, every chunk fits in the file up to IEND, and none
-    is one of `_PILLOW_CHUNKS` or an orientation-carrying tEXt."""
-    if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR" or len(data) < 33:
-        return False
-    if data[24] != 8 or data[25] != colour_type:
-        return False
-    position = len(PNG_SIGNATURE)
-    while position + 12 <= len(data):
-        length = int.from_bytes(data[position : position + 4], "big")
-        kind = data[position + 4 : position + 8]
-        end = position + 12 + length
-        if end > len(data) or kind in _PILLOW_CHUNKS:
-            return False
-        if kind == b"tEXt" and _orientation_text(data[position + 8 : end - 4]):
-            return False
-        if kind == b"IEND":
-            return True
-        position = end
-    return False
-
-
-def _orientation_text(text: bytes) -> bool:
-    """A tEXt chunk Pillow could read an EXIF orientation from ("Raw profile type exif",
-    XMP, ...): judged by its keyword."""
-    keyword = text.split(b"\0", 1)[0].lower()
-    return b"exif" in keyword or b"xmp" in keyword or b"xml" in keyword
 
 
 def _is_empty(source: IO[bytes]) -> bool:

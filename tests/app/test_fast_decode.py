@@ -1,6 +1,7 @@
-"""The libspng path of PNG decoding (app/imaging/decode.py `fast_png`): for the plain PNGs
-it takes, pixels identical to Pillow's path; every other file goes to Pillow; and libspng
-never accepts a damaged file that Pillow refuses, nor reads one differently.
+"""The direct decoders (app/imaging/fast_decode.py): libspng for plain PNGs, libjpeg-turbo
+through simplejpeg for plain JPEGs. For the files they take, pixels identical to Pillow's
+path; every other file goes to Pillow; and neither accepts a damaged file that Pillow
+refuses, nor reads one differently.
 
 Reproducible: derandomized, no example database. A few seconds on one free core.
 """
@@ -18,7 +19,8 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps
 
 from app.errors import ProblemError
-from app.imaging.decode import decode_image, fast_png
+from app.imaging.decode import decode_image
+from app.imaging.fast_decode import fast_jpeg, fast_png
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore::UserWarning")]
 PROPERTY = settings(
@@ -45,6 +47,12 @@ def opened_fast(data: bytes) -> np.ndarray | None:
     source = io.BytesIO(data)
     with Image.open(source) as opened:
         return fast_png(opened, source)
+
+
+def opened_fast_jpeg(data: bytes) -> np.ndarray | None:
+    source = io.BytesIO(data)
+    with Image.open(source) as opened:
+        return fast_jpeg(opened, source)
 
 
 def save_png(image: Image.Image, **options: object) -> bytes:
@@ -223,7 +231,7 @@ def test_other_files_go_to_pillow(name: str) -> None:
 def decode_image_by_pillow(data: bytes) -> np.ndarray:
     """decode_image with libspng out of the picture."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("app.imaging.decode.fast_png", lambda opened, source: None)
+        patch.setattr("app.imaging.decode.fast_pixels", lambda opened, source: None)
         return decode_image(data, 10**6).pixels
 
 
@@ -282,6 +290,154 @@ def test_damaged_pngs_libspng_accepts_pillow_reads_the_same(
     try:
         fast = opened_fast(damaged)
     except Exception:  # Pillow refused the header: never reaches libspng
+        fast = None
+    if fast is not None:
+        assert reference is not None and np.array_equal(fast, reference)
+    try:
+        answer: np.ndarray | None = decode_image(damaged, 10**6).pixels
+    except ProblemError:
+        answer = None
+    if answer is None or reference is None:
+        assert answer is None and reference is None
+    else:
+        assert np.array_equal(answer, reference)
+
+
+# JPEG -----------------------------------------------------------------------------------
+
+
+def save_jpeg(image: Image.Image, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", **options)
+    return buffer.getvalue()
+
+
+@PROPERTY
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    mode=st.sampled_from(["L", "RGB"]),
+    height=st.integers(1, 70),
+    width=st.integers(1, 70),
+    smooth=st.booleans(),
+    quality=st.integers(1, 100),
+    subsampling=st.sampled_from([0, 1, 2]),
+    progressive=st.booleans(),
+    optimize=st.booleans(),
+    restart=st.sampled_from([0, 1, 3]),
+)
+def test_plain_jpegs_decode_by_simplejpeg_exactly_as_pillow(
+    seed: int,
+    mode: str,
+    height: int,
+    width: int,
+    smooth: bool,
+    quality: int,
+    subsampling: int,
+    progressive: bool,
+    optimize: bool,
+    restart: int,
+) -> None:
+    """Exact equality, not within 1: Pillow and simplejpeg both run libjpeg-turbo with the
+    same settings, and a version pair that differed would fail here."""
+    image = random_image(seed, mode, height, width, smooth)
+    options: dict[str, object] = dict(quality=quality, progressive=progressive, optimize=optimize)
+    if mode == "RGB":
+        options["subsampling"] = subsampling
+    if restart:
+        options["restart_marker_blocks"] = restart
+    data = save_jpeg(image, **options)
+    fast = opened_fast_jpeg(data)
+    assert fast is not None, "a plain JPEG must take simplejpeg's path"
+    reference = pillow_pixels(data)
+    assert fast.dtype == np.uint8 and fast.flags.c_contiguous
+    assert np.array_equal(fast, reference)
+    assert np.array_equal(decode_image(data, 10**6).pixels, reference)
+
+
+def test_a_photo_sized_jpeg_decodes_without_pillows_pixel_loading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    photo = random_image(5, "RGB", 300, 420, smooth=True)
+    data = save_jpeg(photo, quality=88)
+    reference = pillow_pixels(data)
+    forbid_pillow_pixels(monkeypatch)
+    assert np.array_equal(decode_image(data, 10**6).pixels, reference)
+
+
+def _jpeg_fallbacks() -> dict[str, bytes]:
+    rgb = random_image(6, "RGB", 20, 12, smooth=True)
+    photo = random_image(8, "RGB", 90, 120, smooth=False)
+    mpo = io.BytesIO()
+    rgb.save(
+        mpo, format="MPO", save_all=True, append_images=[rgb.transpose(Image.Transpose.ROTATE_90)]
+    )
+    xmp = b'<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+    return {
+        "CMYK": save_jpeg(rgb.convert("CMYK")),
+        "EXIF orientation 6": save_jpeg(rgb, exif=_exif_orientation(6)),
+        "EXIF orientation 3": save_jpeg(rgb, exif=_exif_orientation(3)),
+        "XMP orientation": save_jpeg(rgb, xmp=xmp),
+        "MPO": mpo.getvalue(),
+        "truncated": save_jpeg(photo)[:-300],
+        "no EOI": save_jpeg(photo)[:-2],
+    }
+
+
+JPEG_FALLBACK = _jpeg_fallbacks()
+
+
+@pytest.mark.parametrize("name", sorted(JPEG_FALLBACK))
+def test_other_jpegs_go_to_pillow(name: str) -> None:
+    data = JPEG_FALLBACK[name]
+    try:
+        reference: np.ndarray | None = decode_image_by_pillow(data)
+    except ProblemError:
+        reference = None
+    assert opened_fast_jpeg(data) is None
+    if reference is None:
+        with pytest.raises(ProblemError):
+            decode_image(data, 10**6)
+    else:
+        assert np.array_equal(decode_image(data, 10**6).pixels, reference)
+
+
+def test_orientation_one_keeps_the_fast_path() -> None:
+    rgb = random_image(7, "RGB", 9, 16, smooth=True)
+    data = save_jpeg(rgb, exif=_exif_orientation(1))
+    fast = opened_fast_jpeg(data)
+    assert fast is not None and np.array_equal(fast, pillow_pixels(data))
+
+
+JPEG_SEEDS = [
+    save_jpeg(random_image(s, mode, 19, 23, smooth=True), quality=90, progressive=progressive)
+    for s, (mode, progressive) in enumerate(
+        [("L", False), ("RGB", False), ("L", True), ("RGB", True)]
+    )
+]
+
+
+@PROPERTY
+@given(
+    seed=st.sampled_from(range(len(JPEG_SEEDS))),
+    edits=st.lists(st.tuples(st.integers(2, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
+    cut=st.one_of(st.none(), st.integers(2, 10**6)),
+)
+def test_damaged_jpegs_simplejpeg_accepts_pillow_reads_the_same(
+    seed: int, edits: list[tuple[int, int]], cut: int | None
+) -> None:
+    data = bytearray(JPEG_SEEDS[seed])
+    for offset, value in edits:
+        data[offset % len(data)] = value
+    if cut is not None:
+        data = data[: max(cut % len(data), 2)]
+    damaged = bytes(data)
+    try:
+        reference: np.ndarray | None = decode_image_by_pillow(damaged)
+    except ProblemError:
+        reference = None
+    try:
+        fast = opened_fast_jpeg(damaged)
+    except Exception:  # Pillow refused the header: never reaches simplejpeg
         fast = None
     if fast is not None:
         assert reference is not None and np.array_equal(fast, reference)

@@ -251,7 +251,7 @@ def test_a_spooled_file_decodes_like_its_bytes() -> None:
 @pytest.mark.parametrize(
     ("data", "decoder"),
     [
-        (png_bytes(RGB), "app.imaging.decode.spng_decode"),  # libspng's path
+        (png_bytes(RGB), "app.imaging.fast_decode.spng_decode"),  # libspng's path
         (encoded(Image.fromarray(RGB), "TIFF"), "PIL.ImageFile.ImageFile.load"),  # Pillow's
     ],
 )
