@@ -149,6 +149,16 @@ def test_served_class_maps_equal_onnxruntime_on_the_original(
     assert_same_class_map(result.as_numpy("labels")[1], flipped)
     probabilities = result.as_numpy("probabilities")[0]
     assert probabilities.shape == (case.classes, *pixels.shape[:2])
+    if not case.dynamic:  # larger than its fixed size: tiled at that size, or resized
+        large = np.tile(pixels, (2, 3, 1))
+        for tiling in ("on", "off"):
+            response = client.post(
+                f"/v1/models/{name}/segment?tiling={tiling}",
+                content=png(large),
+                headers={"content-type": "image/png"},
+            )
+            assert response.status_code == 200, response.text
+            assert np.asarray(Image.open(io.BytesIO(response.content))).shape == large.shape[:2]
     if case.kind == "probabilities":  # the canonical graph's log undone by the softmax
         np.testing.assert_allclose(probabilities, scores, atol=1e-4)
     else:
