@@ -100,14 +100,32 @@ def _status_mib(pid: int, key: str) -> float:
     raise RuntimeError(f"no {key} for process {pid}")
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants: a server with SEG_PROCESSES > 1 serves from its children."""
+    pids = [pid]
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            pids += _tree(int(child))
+    return pids
+
+
+def _tree_mib(pid: int, key: str) -> float:
+    total = 0.0
+    for member in _tree(pid):
+        with contextlib.suppress(FileNotFoundError, RuntimeError):  # exited meanwhile
+            total += _status_mib(member, key)
+    return total
+
+
 def peak_rss_mib(pid: int) -> float:
-    """VmHWM: the process's peak resident set size so far."""
-    return _status_mib(pid, "VmHWM")
+    """VmHWM: the process's peak resident set size so far (summed over it and its worker
+    processes, if any: an upper bound on their peak together)."""
+    return _tree_mib(pid, "VmHWM")
 
 
 def rss_mib(pid: int) -> float:
-    """VmRSS: the process's resident set size now."""
-    return _status_mib(pid, "VmRSS")
+    """VmRSS: the process's resident set size now (with its worker processes', if any)."""
+    return _tree_mib(pid, "VmRSS")
 
 
 @contextlib.contextmanager

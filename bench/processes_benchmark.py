@@ -1,7 +1,10 @@
 """Throughput of one worker process against several (SEG_PROCESSES) on this machine.
 
     .venv/bin/python -m bench.processes_benchmark [--model dilated-camvid] [--processes 1 2]
-        [--concurrency 4] [--requests 200] [--rounds 2] [--out bench/results/processes.json]
+        [--concurrency 4] [--requests 200] [--rounds 2] [--device cpu]
+        [--out bench/results/processes.json]
+
+On a GPU host: `--device cuda --processes 1 2 4 8 --concurrency 32 --requests 2000`.
 
 Each round starts `segserve serve` once per process count, in alternating order, posts the
 model's sample image (a CamVid frame or an ISBI slice, as PNG) `--requests` times,
@@ -32,10 +35,10 @@ from bench.common import SAMPLE, free_port, http_load, serve_command
 
 
 @contextlib.contextmanager
-def served(processes: int, model_dir: Path) -> Iterator[tuple[str, Any]]:
+def served(processes: int, model_dir: Path, device: str) -> Iterator[tuple[str, Any]]:
     """`segserve serve` with SEG_PROCESSES=`processes`; yields (base URL, log file)."""
     port = free_port()
-    env = {**os.environ, "SEG_PROCESSES": str(processes), "SEG_DEVICE": "cpu"}
+    env = {**os.environ, "SEG_PROCESSES": str(processes), "SEG_DEVICE": device}
     env.pop("SEG_INTRA_OP_THREADS", None)
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(serve_command(port, model_dir), env=env, stdout=log,
@@ -92,6 +95,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     body = Path(SAMPLE[args.model]).read_bytes()
@@ -99,7 +103,7 @@ def main() -> None:
     for round_ in range(args.rounds):
         order = args.processes if round_ % 2 == 0 else args.processes[::-1]
         for n in order:
-            with served(n, args.model_dir) as (base, log):
+            with served(n, args.model_dir, args.device) as (base, log):
                 url = f"{base}/v1/models/{args.model}/segment"
                 stats, rate = http_load(url, body, args.requests, args.concurrency)
                 run = {"round": round_, "req_per_s": round(rate, 2),
@@ -114,6 +118,7 @@ def main() -> None:
         "concurrency": args.concurrency,
         "requests": args.requests,
         "cores": os.cpu_count(),
+        "device": args.device,
         "runs": {str(n): rs for n, rs in runs.items()},
         "best_req_per_s": {str(n): v for n, v in best.items()},
         "ratio_to_first": {str(n): round(v / best[first], 3) for n, v in best.items()},
