@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -172,14 +173,16 @@ def variant_block(
     rows.append(f"| pixels of the same class as FP32 | {v.agreement:.5f} | 1 |")
     timing = ""
     if latency:
-        timing = (
-            f"\nCPU latency at {size} (onnxruntime, 2 threads, median of 10, the files "
+        sentence = (
+            f"CPU latency at {size} (onnxruntime, 2 threads, median of 10, the files "
             f"alternating in one run on a shared, noisy machine): FP32 {latency['fp32']:.1f} ms, "
             f"{v.precision.upper()} {latency[v.precision]:.1f} ms "
-            f"({latency['fp32'] / latency[v.precision]:.2f}x).\n"
+            f"({latency['fp32'] / latency[v.precision]:.2f}x)."
         )
+        timing = "\n" + textwrap.fill(sentence, width=92) + "\n"
+    about = textwrap.fill(f"{how} Measured on {v.description}.", width=92)
     return f"""### {v.precision} (`{{name}}.{v.precision}.onnx`, {file_bytes / 1e6:.1f} MB)
-{how} Measured on {v.description}.
+{about}
 
 | metric | {v.precision} | fp32 |
 | --- | --- | --- |

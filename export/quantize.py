@@ -68,8 +68,10 @@ def quantize_int8(
     images: np.ndarray,
     method: str = "minmax",
     op_types: tuple[str, ...] = INT8_OP_TYPES,
+    exclude: tuple[str, ...] = (),
 ) -> None:
-    """Static QDQ quantization of `fp32` into `out`, calibrated on uint8 `images`."""
+    """Static QDQ quantization of `fp32` into `out`, calibrated on uint8 `images`; the
+    nodes named in `exclude` stay in float."""
     spec = read_spec(fp32)
     quantize_static(
         str(fp32),
@@ -77,6 +79,7 @@ def quantize_int8(
         ImageReader(spec, images),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=list(op_types),
+        nodes_to_exclude=list(exclude),
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
@@ -215,8 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--op-types", nargs="+", default=list(INT8_OP_TYPES))
     parser.add_argument(
+        "--exclude-nodes", nargs="+", default=[], help="nodes to keep in float (their names)"
+    )
+    parser.add_argument(
         "--card", type=Path, default=None, help="model card to update (default MODEL.md)"
     )
+    parser.add_argument("--note", default="", help="a sentence for the card: why this recipe")
     args = parser.parse_args(argv)
 
     fp32: Path = args.model
@@ -230,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     builders: dict[Precision, Callable[[Path], None]] = {
         "int8": lambda out: quantize_int8(
-            fp32, out, calibration, args.method, tuple(args.op_types)
+            fp32, out, calibration, args.method, tuple(args.op_types), tuple(args.exclude_nodes)
         ),
         "fp16": lambda out: convert_fp16(fp32, out),
     }
@@ -238,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         "int8": (
             "onnxruntime static quantization, QDQ format, weights int8 per output channel, "
             f"activations uint8 with {args.method} ranges calibrated on {calibration_what}; "
-            f"op types quantized: {', '.join(args.op_types)}."
+            f"op types quantized: {', '.join(args.op_types)}"
+            + (f"; kept in float: {', '.join(args.exclude_nodes)}." if args.exclude_nodes else ".")
+            + (f" {args.note}" if args.note else "")
         ),
         "fp16": (
             "float16 arithmetic inside (onnxruntime.transformers' float16 conversion, "

@@ -18,7 +18,7 @@ from models.metrics import confusion_matrix, mean_iou, pixel_error
 SHIPPED = Path(__file__).resolve().parents[2] / "app" / "shipped_models"
 needs_data = pytest.mark.shared_data  # tests/conftest.py: skips outside CI when missing
 MODELS = ("unet-isbi", "dilated-camvid")
-VARIANTS: tuple[str, ...] = ()  # shipped once the registry groups precision variants
+VARIANTS = ("unet-isbi.int8", "unet-isbi.fp16", "dilated-camvid.int8", "dilated-camvid.fp16")
 # The part of the spec a variant may change; the rest (classes, normalisation, input
 # type, tiling...) is the FP32 file's, so the service treats both alike.
 VARIANT_FIELDS = {"precision", "metrics", "schema_version", "git_commit", "exported_at"}
