@@ -104,7 +104,7 @@ def import_model(request: ImportRequest) -> Imported:
     if target.exists():
         raise ImportProblem(f"{target} exists: pick another --version")
     session = _session(original.SerializeToString(), request.source)
-    probe = probe_model(original, session, request)
+    probe = probe_model(session, request)
     mean = request.mean or (IMAGENET_MEAN if probe.channels == 3 else [0.5])
     std = request.std or (IMAGENET_STD if probe.channels == 3 else [0.5])
     mean, std = (v * probe.channels if len(v) == 1 else v for v in (mean, std))  # one for all
@@ -139,9 +139,10 @@ def import_model(request: ImportRequest) -> Imported:
     return Imported(target, spec, probe)
 
 
-def probe_model(
-    model: onnx.ModelProto, session: ort.InferenceSession, request: ImportRequest
-) -> Probe:
+def probe_model(session: ort.InferenceSession, request: ImportRequest) -> Probe:
+    """What running the original model (an onnxruntime session of it) finds out."""
+    if request.size_multiple is not None and not 1 <= request.size_multiple <= 1024:
+        raise ImportProblem(f"--size-multiple {request.size_multiple}: 1 to 1024")
     inputs = session.get_inputs()
     if request.input is not None:
         chosen = [i for i in inputs if i.name == request.input]
@@ -174,8 +175,8 @@ def probe_model(
             "feeds 1 or 3: set --layout if it is the other one"
         )
     notes: list[str] = []
-    height, width = shape[h_axis], shape[w_axis]
-    fixed = (height, width) if isinstance(height, int) and isinstance(width, int) else None
+    h, w = shape[h_axis], shape[w_axis]
+    fixed = (h, w) if isinstance(h, int) and isinstance(w, int) else None
     runner = _Runner(session, image.name, image.type, layout, channels)
     if fixed is not None:
         multiple = 1  # the canonical graph resizes to the fixed size itself
@@ -186,8 +187,7 @@ def probe_model(
             )
         notes.append(
             f"fixed input size {fixed[0]}x{fixed[1]}: each pass is resized to it inside the "
-            "graph; tiling at that size (when the image is large enough to tile) feeds it "
-            "unresized"
+            "graph" + ("; tiles of that size (the spec's tile size) feed it unresized" * (h == w))
         )
     else:
         multiple = request.size_multiple or _size_multiple(runner)

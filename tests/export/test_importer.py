@@ -126,6 +126,7 @@ def test_versions_count_up_and_are_never_overwritten(tmp_path: Path) -> None:
         ({}, {"mean": [0.5, 0.5]}, "--mean and --std need 3 values"),
         ({}, {"palette": [(0, 0, 0)]}, "1 colours for 4 classes"),
         ({}, {"tile_size": 100, "tile_overlap": 60}, "--tile-size/--tile-overlap"),
+        ({}, {"size_multiple": 0}, "--size-multiple 0: 1 to 1024"),
     ],
 )
 def test_what_the_probe_cannot_settle_names_the_flag(
