@@ -1,8 +1,11 @@
 """Load a shipped ONNX file's weights back into its torch model, to fine-tune it.
 
 The exporter folds each batch norm into the convolution before it: the graph holds the
-folded kernel as `model.<conv>.weight` and the folded bias as `model.<conv>.weight_bias`
-(or `model.<conv>.bias` for convolutions without a batch norm). Loading puts the folded
+folded kernel as `<prefix><conv>.weight` and the folded bias as
+`<prefix><conv>.weight_bias` (or `<prefix><conv>.bias` for convolutions without a batch
+norm). The prefix is the path of the network inside the exported wrapper: `model.` for
+export/onnx_export.py's, `model/model.` inside export/canonical.py's uint8-input graph;
+it is found from the first weight's name. Loading puts the folded
 kernel into the convolution and turns the batch norm into `x + bias` (mean 0, variance
 1 - eps, scale 1), the same function in eval mode. `recalibrate_batch_norm` then gives
 each batch norm the statistics of its input on real images and compensates scale and
@@ -21,8 +24,6 @@ import onnx
 import torch
 from onnx import numpy_helper
 from torch import nn
-
-PREFIX = "model."  # the export wrapper (WithLabels) holds the network as `model`
 
 
 def conv_batch_norm_pairs(
@@ -51,6 +52,11 @@ def load_onnx_weights(model: nn.Module, path: Path) -> nn.Module:
     names = {id(m): name for name, m in model.named_modules()}
     norms = {names[id(norm)] for _, _, norm in pairs}
     state = model.state_dict()
+    first = next(iter(state))
+    prefixes = [name[: -len(first)] for name in weights if name.endswith(first)]
+    if not prefixes:
+        raise KeyError(f"{path} holds no weight named like {first!r}: another network?")
+    prefix = min(prefixes, key=len)
     new: dict[str, torch.Tensor] = {}
     missing: list[str] = []
 
@@ -69,9 +75,9 @@ def load_onnx_weights(model: nn.Module, path: Path) -> nn.Module:
         module = key.rpartition(".")[0]
         if module in norms:
             continue  # set below from the folded bias
-        take(key, PREFIX + key)  # in `folded` convolutions: the folded kernel
+        take(key, prefix + key)  # in `folded` convolutions: the folded kernel
     for name, _, norm in pairs:
-        bias = PREFIX + f"{name}.weight_bias"
+        bias = prefix + f"{name}.weight_bias"
         if bias not in weights:
             missing.append(bias)
             continue
