@@ -192,7 +192,15 @@ def job_summary(name: str, args: argparse.Namespace, code: int | None) -> dict[s
     history = (
         json.loads((run / "history.json").read_text()) if (run / "history.json").is_file() else []
     )
-    out: dict[str, Any] = {"exit": code, "epochs": len(history)}
+    spec = JOBS[name]
+    validated_on = (
+        f"sequence {spec['holdout']}, held out"
+        if spec.get("holdout")
+        else "val, SEEN IN TRAINING (train+val fit)"
+        if spec.get("trainval")
+        else "val"
+    )
+    out: dict[str, Any] = {"exit": code, "epochs": len(history), "validated_on": validated_on}
     if history:
         last = history[-1]
         out.update(steps=last["step"], train_loss=round(last["train_loss"], 4))
