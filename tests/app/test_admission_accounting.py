@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -176,3 +179,34 @@ def test_shutting_down_is_a_503_that_says_to_retry_elsewhere() -> None:
         assert admission.pending == 0 and admission.rejected == 0
 
     asyncio.run(scenario())
+
+
+class LateExecutor(Executor):
+    """Starts each job only after `delay` seconds, inside submit: a job that waited in a
+    queue past its request's deadline."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        time.sleep(self.delay)
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # handed to the awaiting request
+            future.set_exception(exc)
+        return future
+
+
+def test_work_that_starts_past_its_deadline_is_skipped() -> None:
+    ran: list[int] = []
+
+    async def scenario() -> None:
+        admission = Admission(limit=4, timeout_s=0.05)
+        with pytest.raises(DeadlineExceeded, match="waited past its deadline"):
+            await admission.run(LateExecutor(0.08), ran.append, 1)
+        assert admission.pending == 0
+        assert await Admission(limit=4, timeout_s=10).run(LateExecutor(0), int, 7) == 7
+
+    asyncio.run(scenario())
+    assert ran == []
