@@ -148,7 +148,12 @@ def write_config(tree: Path, tests: list[str], files: list[str]) -> None:
     lines += [f"    {f}" for f in files]
     # The folder, not a list of files; the plugin drops what is too slow.
     lines += ["pytest_add_cli_args_test_selection=", "    tests/app"]
-    lines += ["timeout_multiplier=4.0"]  # a mutant that hangs a test is a timeout, soon
+    # A mutant's wall limit is (its tests' estimated time + timeout_constant) x multiplier.
+    # The estimate leaves out fixture setup (an app's startup), so with mutmut's constant of
+    # 1 s a mutant whose tests take 0.9 s got 7.6 s, and on loaded shared cores unchanged
+    # behaviour was recorded as a timeout (= killed). 20 s covers setup; a multiplier of 2
+    # keeps a real hang of the admission tests (~60 s) to about 3 minutes.
+    lines += ["timeout_multiplier=2.0", "timeout_constant=20.0"]
     lines += ["pytest_add_cli_args=", "    -p", "    no:cacheprovider", "    -q"]
     lines += ["    -p", "    tests.mutation_plugin"]
     (tree / "tests" / "mutation_plugin.py").write_text(PLUGIN)
