@@ -375,7 +375,7 @@ def worker_main(
     reports: Connection,
     session_factory: SessionFactory | None,
 ) -> None:
-    """A worker process: the app on the inherited socket until SIGTERM."""
+    """A worker process: the app on a socket of its own for the port, until SIGTERM."""
     import sys
 
     from app.server import worker_server
