@@ -56,14 +56,24 @@ def two_workers(base: str, gone: int | None = None) -> set[int] | None:
     return pids if len(pids) == 2 and gone not in pids else None
 
 
-def segment_count(base: str) -> float:
-    """segserve_requests_total of the segment route, all statuses, as /metrics says."""
+def metric_total(base: str, name: str, label: str) -> float:
+    """The sum of the samples of `name` with `label` (all other labels), as /metrics says."""
     text = httpx.get(f"{base}/metrics", timeout=10).text
     total = 0.0
     for line in text.splitlines():
-        if line.startswith("segserve_requests_total{") and f'route="{SEGMENT_ROUTE}"' in line:
+        if line.startswith(name + "{") and label in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def segment_count(base: str) -> float:
+    """segserve_requests_total of the segment route, all statuses."""
+    return metric_total(base, "segserve_requests_total", f'route="{SEGMENT_ROUTE}"')
+
+
+def batched_count(base: str) -> float:
+    """Segment requests run in dynamic batches, all workers' together."""
+    return metric_total(base, "segserve_batched_requests_total", 'model="tiny-grey"')
 
 
 def answered_by(process: subprocess.Popen[str] | str) -> list[int]:
@@ -100,7 +110,8 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60) -> Any:
 def test_two_workers_answer_metrics_add_up_and_a_killed_worker_is_replaced(
     model_dir: Path,
 ) -> None:
-    with running_server(model_dir, SEG_PROCESSES="2") as (base, process):
+    batching = {"SEG_BATCH_MAX_SIZE": "4", "SEG_WORKERS": "4"}  # counted in each worker
+    with running_server(model_dir, SEG_PROCESSES="2", **batching) as (base, process):
         workers = wait_for(lambda: two_workers(base))
         assert process.pid not in workers  # the supervisor serves nothing itself
         pixels = grey_pattern(33, 47)
@@ -114,6 +125,7 @@ def test_two_workers_answer_metrics_add_up_and_a_killed_worker_is_replaced(
         # Every scrape, whichever worker answers it, counts every request.
         for _ in range(8):
             assert segment_count(base) == sent
+            assert batched_count(base) == sent
 
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
