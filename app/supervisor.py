@@ -160,6 +160,17 @@ def port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def serving_already(host: str, port: int) -> bool:
+    """Whether something accepts connections on `host`:`port`. SO_REUSEPORT would let a second
+    segserve (same user) share the port silently: it must fail as a single process does."""
+    target = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    try:
+        with socket.create_connection((target, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "running"
@@ -202,22 +213,26 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until a stop signal and every worker has drained; the exit status."""
-        try:
-            self.port = port_socket(self.settings.host, self.settings.port)
-        except OSError as exc:
-            log.error("cannot listen on %s:%d: %s", self.settings.host, self.settings.port, exc)
-            return 1
-        self.metrics_dir = tempfile.mkdtemp(prefix="segserve-metrics-")
-        os.environ[MULTIPROC_ENV] = self.metrics_dir  # before any worker imports prometheus
         from app.observability import configure_logging
 
+        self.metrics_dir = tempfile.mkdtemp(prefix="segserve-metrics-")
+        os.environ[MULTIPROC_ENV] = self.metrics_dir  # before any worker imports prometheus
         configure_logging(self.settings.log_level)
+        host, port = self.settings.host, self.settings.port
+        try:
+            if serving_already(host, port):
+                raise OSError(f"something already serves on {host}:{port}")
+            self.port = port_socket(host, port)
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", host, port, exc)
+            self._clean_up()
+            return 1
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             log.info(
                 "serving http://%s:%d with %s worker process(es)",
-                self.settings.host,
-                self.settings.port,
+                host,
+                port,
                 "auto: 1, more if on CUDA," if self.auto else self.count,
             )
             for index in range(self.count):
@@ -228,10 +243,13 @@ class Supervisor:
                 worker.process.kill()
             for number, handler in previous.items():
                 signal.signal(number, handler)
-            if self.port is not None:
-                self.port.close()
-            os.environ.pop(MULTIPROC_ENV, None)
-            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            self._clean_up()
+
+    def _clean_up(self) -> None:
+        if self.port is not None:
+            self.port.close()
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
     def _on_signal(self, number: int, frame: FrameType | None) -> None:
         self.signals += 1

@@ -209,6 +209,16 @@ def test_grpc_and_the_job_worker_run_in_one_process_jobs_queue_in_any(
                 seed += 4
         assert submitters(process) == workers, server_output(process)
 
+        # A second service on the same port fails, as a single process would (SO_REUSEPORT
+        # would let it share the port).
+        second = subprocess.run(
+            [sys.executable, "-m", "app.cli", "serve", "--model-dir", str(model_dir), "--port",
+             base.rsplit(":", 1)[1]],
+            env={**os.environ, "SEG_DEVICE": "cpu", "SEG_PROCESSES": "2"},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert second.returncode == 1 and "already serves" in second.stderr, second.stderr
+
         # A killed supervisor leaves no worker serving on.
         process.kill()
         process.wait(timeout=10)
