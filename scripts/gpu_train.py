@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", default=",".join(JOBS), help=f"of {sorted(JOBS)}")
     parser.add_argument("--minutes", type=float, default=5.0, help="training time per job")
     parser.add_argument(
-        "--deadline-minutes", type=float, default=0.0, help="stop jobs after (0: minutes + 2)"
+        "--deadline-minutes", type=float, default=0.0, help="stop jobs after (0: minutes + 2.5)"
     )
     parser.add_argument("--workers", type=int, default=0, help="per job (0: cores / jobs - 1)")
     parser.add_argument("--tiny", action="store_true", help="a CPU rehearsal of the whole path")
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown jobs {sorted(unknown)}")
     if not args.workers:
         args.workers = max((os.cpu_count() or 2) // len(names) - 1, 1)
-    args.deadline_minutes = args.deadline_minutes or args.minutes + 2
+    args.deadline_minutes = args.deadline_minutes or args.minutes + 2.5
     args.work.mkdir(parents=True, exist_ok=True)
 
     import torch
