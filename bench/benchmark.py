@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from app.config import SHIPPED_MODEL_DIR, Device, Settings
-from app.inference.pipeline import normalise, padded_channels, preprocess
+from app.inference.pipeline import model_input, padded_channels, preprocess
 from app.inference.registry import ModelRegistry
 from app.inference.runner import SessionRunner
 from app.inference.tiling import choose_plan, segment_tiled, tile_starts
@@ -78,7 +78,7 @@ def tiled_vs_raw(registry: ModelRegistry, side: int) -> dict[str, Any]:
     started = time.perf_counter()
     result = segment_tiled(model, pixels, plan)
     tiled_s = time.perf_counter() - started
-    x = normalise(padded_channels(pixels, spec), spec)  # the whole mosaic, as raw input
+    x = model_input(padded_channels(pixels, spec), spec)  # the whole mosaic, as raw input
     starts = tile_starts(side, plan.size, plan.overlap)
     tiles = [
         np.ascontiguousarray(x[:, y : y + plan.size, x0 : x0 + plan.size])
