@@ -230,10 +230,12 @@ class Supervisor:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             log.info(
-                "serving http://%s:%d with %s worker process(es)",
+                "serving http://%s:%d with %s",
                 host,
                 port,
-                "auto: 1, more if on CUDA," if self.auto else self.count,
+                "one worker process, more if its sessions run on CUDA (SEG_PROCESSES=auto)"
+                if self.auto
+                else f"{self.count} worker processes",
             )
             for index in range(self.count):
                 self._start(index, first_start=True)
