@@ -170,12 +170,24 @@ def test_no_stale_waiter_or_logged_callback_error_after_requests_end(
 
 
 def test_shutting_down_is_a_503_that_says_to_retry_elsewhere() -> None:
+    release = threading.Event()
+
     async def scenario() -> None:
         admission = Admission(limit=4, timeout_s=10)
-        admission.abort()
-        with ThreadPoolExecutor(1) as executor, pytest.raises(ShuttingDown) as refused:
-            await admission.run(executor, int, 1)
-        assert refused.value.status == 503 and "shutting down" in refused.value.detail
+        with ThreadPoolExecutor(1) as executor:
+            waiting = asyncio.create_task(admission.run(executor, release.wait, 5))
+            await asyncio.sleep(0.05)
+            admission.abort()  # a request that waits for its work answers at once
+            try:
+                with pytest.raises(ShuttingDown) as aborted:
+                    await waiting
+            finally:
+                release.set()
+            with pytest.raises(ShuttingDown) as refused:  # and a later one is refused
+                await admission.run(executor, int, 1)
+        for problem in (aborted.value, refused.value):
+            assert problem.status == 503 and "shutting down" in problem.detail
+        await asyncio.sleep(0.05)  # the finished work's slot comes back on the loop
         assert admission.pending == 0 and admission.rejected == 0
 
     asyncio.run(scenario())
