@@ -104,7 +104,8 @@ def _add_import_command(commands: Any) -> None:
         "import",
         help="wrap any segmentation ONNX file into REPO/NAME/VERSION/model.onnx",
         description="Probe a segmentation ONNX model, wrap it into segserve's canonical graph "
-        "(uint8 pixels in; logits and labels out at input size) and write it with its spec "
+        "(uint8 pixels in; logits and labels out at input size, labels only for a model that "
+        "answers labels) and write it with its spec "
         "into a model repository (SEG_MODEL_DIR). Prints the spec.",
     )
     cmd.add_argument("model", type=Path, help="the ONNX file")
@@ -120,11 +121,14 @@ def _add_import_command(commands: Any) -> None:
     cmd.add_argument("--std", help="per-channel std for (v/255 - mean)/std (default ImageNet)")
     cmd.add_argument("--layout", choices=["NCHW", "NHWC"], help="the image input's layout")
     cmd.add_argument("--input", help="the image input's name (default: the only one)")
-    cmd.add_argument("--output", help="the scores output's name (when there are several)")
+    cmd.add_argument(
+        "--output", help="the scores (or labels) output's name (when there are several)"
+    )
     cmd.add_argument(
         "--output-kind",
         choices=["logits", "probabilities", "labels"],
-        help="what the scores output holds (default: probed; labels is refused)",
+        help="what the output holds (default: probed); labels: class indices (the argmax "
+        "inside), served as class maps without probabilities, confidence or TTA",
     )
     cmd.add_argument("--size-multiple", type=int, help="input sides must be multiples of this")
     cmd.add_argument("--tile-size", type=int, help="default tile side for large images")

@@ -79,6 +79,13 @@ class InvalidParameter(ProblemError):
     status, slug = 422, "invalid-parameter"
 
 
+class ScoresUnavailable(ProblemError):
+    """The model answers class labels only (its graph has no scores output), and the request
+    asks for something made from per-class scores: probabilities, confidence, TTA."""
+
+    status, slug, title = 422, "scores-unavailable", "Scores Unavailable"
+
+
 class ModelNotReady(ProblemError):
     status, slug = 503, "model-not-ready"
 

@@ -37,6 +37,12 @@ class ModelInfo(BaseModel):
         default_factory=list, description="The precision variants found for this version."
     )
     note: str | None = Field(None, description="E.g. the precision asked for is missing.")
+    outputs: list[str] = Field(
+        default_factory=lambda: ["labels", "probabilities"],
+        description="What the model answers: class labels, and per-class probabilities "
+        "(which format=confidence, tta and the v2 `probabilities` output need) unless its "
+        "graph gives labels only.",
+    )
 
 
 class ModelList(BaseModel):

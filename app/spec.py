@@ -47,8 +47,11 @@ class ModelSpec(BaseModel):
     "uint8" it feeds the pixel values themselves and the graph normalises (so a quarter
     of the bytes travel, and the GPU does the arithmetic). Output `logits_output` is
     float32 (N, num_classes, H, W) at input resolution; the optional `labels_output` is
-    its argmax over classes, uint8 or int64 (N, H, W). `precision` is the arithmetic
-    inside the graph (an INT8 or FP16 variant keeps the same inputs and outputs).
+    its argmax over classes, uint8 or int64 (N, H, W). A graph that answers class labels
+    only (its argmax inside, as `segserve import --output-kind labels` wraps one) has
+    `logits_output` None and `labels_output` set: it serves class maps, but nothing that
+    needs scores (probabilities, confidence, test-time augmentation). `precision` is the
+    arithmetic inside the graph (an INT8 or FP16 variant keeps the same inputs and outputs).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -67,7 +70,7 @@ class ModelSpec(BaseModel):
     input_dtype: Literal["float32", "uint8"] = "float32"
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     input_name: str = "image"
-    logits_output: str = "logits"
+    logits_output: str | None = "logits"  # None: the graph answers labels only
     labels_output: str | None = "labels"
     tile: TileSpec | None = None
     training_data: str = ""
@@ -98,11 +101,21 @@ class ModelSpec(BaseModel):
             raise ValueError("mean and std need one value per input channel")
         if self.tile is not None and self.tile.size % self.size_multiple:
             raise ValueError("tile size must be a multiple of size_multiple")
+        if self.logits_output is None and self.labels_output is None:
+            raise ValueError(
+                "a graph without scores (logits_output null) needs labels_output: "
+                "the class map has to come from somewhere"
+            )
         return self
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def has_scores(self) -> bool:
+        """The graph answers per-class scores (probabilities, confidence and TTA need them)."""
+        return self.logits_output is not None
 
     def to_metadata(self) -> dict[str, str]:
         """The `metadata_props` entries to write into the ONNX file."""

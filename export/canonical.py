@@ -6,6 +6,12 @@ The canonical graph takes raw pixels and answers scores at input resolution:
     logits  float32 (N, K, H, W)   scores whose softmax over K is the class probabilities
     labels  uint8   (N, H, W)      argmax of logits over K
 
+A model that answers class labels only (`output_kind="labels"`: its argmax is inside, an
+integer (N, H, W) or (N, 1, H, W) map) gets no `logits`: its labels are squeezed to
+(N, H, W), cast to uint8 and, when they come at another size than the input (an output
+stride, a fixed input size), resized to the input's H, W by nearest neighbour (torch's
+`interpolate(mode="nearest")`: output pixel j reads label j * h // H, in integers).
+
 Inside, in this order: Cast to float, `(v / 255 - mean) / std` folded into one Mul and one
 Add, [Resize to the model's fixed input size], [Transpose to NHWC], the model itself,
 [Transpose its NHWC scores back], [Resize the scores bilinearly to the input's H, W, read at
@@ -24,7 +30,7 @@ on the request thread; `bench/` and the README ("Serve your own model") have the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -34,7 +40,7 @@ from onnx import TensorProto, helper, numpy_helper
 from app.spec import SPEC_KEY
 
 Layout = Literal["NCHW", "NHWC"]
-OutputKind = Literal["logits", "probabilities"]
+OutputKind = Literal["logits", "probabilities", "labels"]
 
 INPUT, LOGITS, LABELS = "image", "logits", "labels"
 MIN_OPSET = 13  # Resize with optional roi/scales, ArgMax and Slice with tensor inputs
@@ -54,6 +60,7 @@ def canonicalise(
     scores_layout: Layout | None = None,
     output_kind: OutputKind = "logits",
     resize_to_input: bool = False,
+    labels_axis: int | None = None,
 ) -> onnx.ModelProto:
     """A new model with the canonical contract around `model` (which is left unchanged).
 
@@ -63,13 +70,20 @@ def canonicalise(
     (`scores_layout`, default `layout`) NHWC, as logits or (`output_kind="probabilities"`)
     probabilities. `resize_to_input`: the scores come at another resolution than the input
     (an output stride, as SegFormer's 1/4) and are resized bilinearly to the input's size.
+    With `output_kind="labels"`, `scores_output` holds class indices instead (no `logits`
+    output then; they are resized by nearest neighbour), and `labels_axis` is the axis of
+    size 1 to squeeze from them (1 for (N, 1, H, W), 3 for (N, H, W, 1); None for (N, H, W)).
     `mean`/`std`: per channel, for `(v / 255 - mean) / std`; their length is the channel
     count C of `image`. Raises `ValueError` naming what does not fit.
     """
     channels = _check_normalisation(mean, std)
     scores_layout = scores_layout or layout
-    if output_kind not in ("logits", "probabilities"):
-        raise ValueError(f"output_kind must be 'logits' or 'probabilities', not {output_kind!r}")
+    if output_kind not in ("logits", "probabilities", "labels"):
+        raise ValueError(
+            f"output_kind must be 'logits', 'probabilities' or 'labels', not {output_kind!r}"
+        )
+    if labels_axis not in (None, 1, 3) or (labels_axis is not None and output_kind != "labels"):
+        raise ValueError("labels_axis is 1 or 3, for output_kind='labels' only")
     model = _at_least_opset(model)
     graph = model.graph
     initializers = {i.name for i in graph.initializer}
@@ -169,44 +183,24 @@ def canonicalise(
         inner_nodes = []
     split = len(nodes)
 
-    # The model's scores to logits and labels.
-    if out_type.elem_type != TensorProto.FLOAT:
-        scores = node("Cast", [scores], "scores_float", to=TensorProto.FLOAT)
-    if scores_layout == "NHWC":
-        scores = node("Transpose", [scores], "nchw_scores", perm=[0, 3, 1, 2])
-    if resize_to_input:
-        scores_nk = node("Slice", [node("Shape", [scores], "scores_shape"), starts, ends], "nk")
-        sizes = node("Concat", [scores_nk, image_hw], "output_sizes", axis=0)
-        scores = node("Resize", [scores, "", "", sizes], "resized", **_BILINEAR)
-    if output_kind == "probabilities":
-        floor = const("floor", np.array(PROBABILITY_FLOOR, np.float32))
-        scores = node("Log", [node("Max", [scores, floor], "floored")], "log_probabilities")
-    nodes.append(helper.make_node("Identity", [scores], [LOGITS], name=_OWN + LOGITS))
-    labels = node("ArgMax", [LOGITS], "argmax", axis=1, keepdims=0)
-    nodes.append(
-        helper.make_node("Cast", [labels], [LABELS], name=_OWN + LABELS, to=TensorProto.UINT8)
-    )
-
-    classes = _dims(out_type)
-    k_axis = 1 if scores_layout == "NCHW" else 3
-    k: int | str = "classes"
-    if classes is not None and len(classes) == 4:
-        declared = classes[k_axis]
-        k = declared if isinstance(declared, int) else k
+    if output_kind == "labels":
+        outputs_out = _labels_tail(
+            nodes, scores, resize_to_input, labels_axis, image_shape, node, const
+        )
+    else:
+        outputs_out = _scores_tail(
+            nodes, scores, out_type, scores_layout, resize_to_input, output_kind, image_hw, node,
+            const,
+        )  # fmt: skip
     graph_out = helper.make_graph(
-        _prune([*nodes[:split], *inner_nodes, *nodes[split:]], [LOGITS, LABELS]),
+        _prune([*nodes[:split], *inner_nodes, *nodes[split:]], [o.name for o in outputs_out]),
         inner.graph.name or "canonical",
         [
             helper.make_tensor_value_info(
                 INPUT, TensorProto.UINT8, ["batch", channels, "height", "width"]
             )
         ],
-        [
-            helper.make_tensor_value_info(
-                LOGITS, TensorProto.FLOAT, ["batch", k, "height", "width"]
-            ),
-            helper.make_tensor_value_info(LABELS, TensorProto.UINT8, ["batch", "height", "width"]),
-        ],
+        outputs_out,
     )
     used = _used_names(graph_out.node)
     graph_out.initializer.extend(c for c in consts if c.name in used)
@@ -231,6 +225,88 @@ def canonicalise(
     if wrapped.ByteSize() < 2**31 - 2**20:  # the checker wants a path beyond 2 GiB
         onnx.checker.check_model(wrapped)
     return wrapped
+
+
+NodeFn = Callable[..., str]
+ConstFn = Callable[[str, np.ndarray], str]
+
+
+def _scores_tail(
+    nodes: list[onnx.NodeProto],
+    scores: str,
+    out_type: onnx.TypeProto.Tensor,
+    scores_layout: Layout,
+    resize_to_input: bool,
+    output_kind: OutputKind,
+    image_hw: str,
+    node: NodeFn,
+    const: ConstFn,
+) -> list[onnx.ValueInfoProto]:
+    """Appends to `nodes` (which `node` appends to too) the model's scores to `logits`
+    (float32 NCHW at input size) and their argmax `labels`; the graph's outputs."""
+    if out_type.elem_type != TensorProto.FLOAT:
+        scores = node("Cast", [scores], "scores_float", to=TensorProto.FLOAT)
+    if scores_layout == "NHWC":
+        scores = node("Transpose", [scores], "nchw_scores", perm=[0, 3, 1, 2])
+    if resize_to_input:
+        starts, ends = (
+            const("nk_start", np.array([0], np.int64)),
+            const("nk_end", np.array([2], np.int64)),
+        )
+        scores_nk = node("Slice", [node("Shape", [scores], "scores_shape"), starts, ends], "nk")
+        sizes = node("Concat", [scores_nk, image_hw], "output_sizes", axis=0)
+        scores = node("Resize", [scores, "", "", sizes], "resized", **_BILINEAR)
+    if output_kind == "probabilities":
+        floor = const("floor", np.array(PROBABILITY_FLOOR, np.float32))
+        scores = node("Log", [node("Max", [scores, floor], "floored")], "log_probabilities")
+    nodes.append(helper.make_node("Identity", [scores], [LOGITS], name=_OWN + LOGITS))
+    labels = node("ArgMax", [LOGITS], "argmax", axis=1, keepdims=0)
+    nodes.append(
+        helper.make_node("Cast", [labels], [LABELS], name=_OWN + LABELS, to=TensorProto.UINT8)
+    )
+    classes = _dims(out_type)
+    k_axis = 1 if scores_layout == "NCHW" else 3
+    k: int | str = "classes"
+    if classes is not None and len(classes) == 4:
+        declared = classes[k_axis]
+        k = declared if isinstance(declared, int) else k
+    return [
+        helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", k, "height", "width"]),
+        helper.make_tensor_value_info(LABELS, TensorProto.UINT8, ["batch", "height", "width"]),
+    ]
+
+
+def _labels_tail(
+    nodes: list[onnx.NodeProto],
+    labels: str,
+    resize_to_input: bool,
+    labels_axis: int | None,
+    image_shape: str,
+    node: NodeFn,
+    const: ConstFn,
+) -> list[onnx.ValueInfoProto]:
+    """Appends to `nodes` the model's class indices to `labels`, uint8 (N, H, W) at input
+    size; the graph's outputs. Labels of another size (h, w) are resized by nearest
+    neighbour in integers: output row i reads row i * h // H (columns alike), as torch's
+    `interpolate(mode="nearest")` means it (whose float arithmetic is off by one at a few
+    exact boundaries, as onnxruntime's Resize is)."""
+    if labels_axis is not None:
+        squeeze = const("class_axis", np.array([labels_axis], np.int64))
+        labels = node("Squeeze", [labels, squeeze], "squeezed_labels")
+    labels = node("Cast", [labels], "labels_uint8", to=TensorProto.UINT8)
+    if resize_to_input:
+        labels_shape = node("Shape", [labels], "labels_shape")
+        zero, one = const("zero", np.array(0, np.int64)), const("one", np.array(1, np.int64))
+        for dim, name in ((1, "rows"), (2, "cols")):
+            at = const(f"{name}_at", np.array(dim, np.int64))
+            image_at = const(f"image_{name}_at", np.array(dim + 1, np.int64))  # NCHW
+            size = node("Gather", [labels_shape, at], f"labels_{name}")
+            out = node("Gather", [image_shape, image_at], f"image_{name}")
+            scaled = node("Mul", [node("Range", [zero, out, one], f"{name}_range"), size], name)
+            index = node("Div", [scaled, out], f"{name}_index")
+            labels = node("Gather", [labels, index], f"nearest_{name}", axis=dim)
+    nodes.append(helper.make_node("Identity", [labels], [LABELS], name=_OWN + LABELS))
+    return [helper.make_tensor_value_info(LABELS, TensorProto.UINT8, ["batch", "height", "width"])]
 
 
 _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}

@@ -4,9 +4,14 @@ The model is probed by running it (onnxruntime, CPU) on random inputs: which inp
 the image and in which layout, the size multiple (the smallest power of two whose odd
 multiple it accepts), whether its height and width are fixed, which output holds the scores
 (torchvision answers `out` and `aux`), the number of classes (checked against the names),
-the output stride (SegFormer answers at 1/4), and whether the scores are probabilities. The
+the output stride (SegFormer answers at 1/4), and whether the scores are probabilities. A
+model that answers class labels only (its argmax inside: an integer (N, H, W) or
+(N, 1, H, W) output, `--output-kind labels`) is imported as such: its class count cannot be
+read from labels, so `--classes` is required and the labels seen on the probes must be
+below it; it then serves class maps but no probabilities, confidence or TTA. The
 model is then wrapped into the canonical graph (export/canonical.py: uint8 pixels in,
-logits and uint8 labels out at input size), checked against the original on a probe, and
+logits and uint8 labels out at input size; labels only for a labels model), checked
+against the original on a probe, and
 written to `REPO/NAME/VERSION/model.onnx` with its spec. What the probe cannot settle is an
 `ImportProblem` naming the flag to set; a model is never written that would load and answer
 garbage. Needs `onnx` (the `import` extra) and onnxruntime; not torch.
@@ -29,6 +34,14 @@ import onnxruntime as ort
 from app.spec import ModelSpec, TileSpec
 from export.canonical import Layout, canonicalise
 from export.importer_inputs import RGB, ImportProblem, voc_palette
+from export.importer_labels import (
+    check_label_range,
+    holds_labels,
+    labels_layout,
+    labels_output,
+    labels_wanted,
+    nearest,
+)
 from export.metadata import version_number
 
 OutputKind = Literal["logits", "probabilities", "labels"]
@@ -73,8 +86,9 @@ class Probe:
     scores_layout: Layout
     classes: int
     stride: float
-    kind: Literal["logits", "probabilities"]
+    kind: OutputKind
     notes: list[str] = field(default_factory=list)
+    labels_axis: int | None = None  # labels models: the size-1 axis of (N, 1, H, W) labels
 
 
 @dataclass
@@ -130,6 +144,7 @@ def import_model(request: ImportRequest) -> Imported:
             scores_layout=probe.scores_layout,
             output_kind=probe.kind,
             resize_to_input=probe.stride != 1,
+            labels_axis=probe.labels_axis,
         )
     except ValueError as exc:
         raise ImportProblem(str(exc)) from exc
@@ -198,6 +213,30 @@ def probe_model(session: ort.InferenceSession, request: ImportRequest) -> Probe:
                 "set --size-multiple"
             )
     outputs = runner.outputs
+    if labels_wanted(outputs, request.output_kind, request.output):
+        output = labels_output(outputs, request.output)
+        labels_axis, labels_hw = labels_layout(outputs[output], output, request.classes)
+        k = len(request.classes or ())
+        stride = _stride(*probe_hw, *labels_hw)
+        if stride is None or stride < 1:
+            raise ImportProblem(
+                f"output {output!r} {outputs[output].shape} is not a class map of a "
+                f"{probe_hw[0]}x{probe_hw[1]} input at its size or a fraction of it: set "
+                "--output (and --layout)"
+            )
+        notes.append(
+            f"output {output!r} holds class labels only: served as class maps, without "
+            "probabilities, confidence or test-time augmentation"
+        )
+        if stride != 1:
+            notes.append(
+                f"output stride {stride:g}: the labels are resized to the input size by "
+                "nearest neighbour inside the graph"
+            )
+        return Probe(
+            image.name, layout, channels, fixed, multiple, output, layout, k, stride, "labels",
+            notes, labels_axis,
+        )  # fmt: skip
     output = _scores_output(session, outputs, request.output)
     scores = outputs[output]
     k, scores_layout, stride = _scores_geometry(scores, probe_hw, layout, request, output)
@@ -298,12 +337,11 @@ def _scores_output(
 
 
 def _check_scores(name: str, value: np.ndarray) -> str:
-    if value.dtype.kind in "iub" or value.ndim == 3:
+    if holds_labels(value):
         raise ImportProblem(
-            f"output {name!r} holds class labels ({value.dtype}, shape {value.shape}), and "
-            "--output-kind labels is not supported: segserve answers probabilities, confidence "
-            "and TTA from per-class scores. Export the model's scores (before its argmax) and "
-            "name that output with --output"
+            f"output {name!r} holds class labels ({value.dtype}, shape {value.shape}), not "
+            "scores: import it with --output-kind labels (then no probabilities, confidence "
+            "or TTA), or name the model's scores (before its argmax) with --output"
         )
     if value.ndim != 4 or value.dtype.kind != "f":
         raise ImportProblem(
@@ -353,13 +391,7 @@ def _scores_geometry(
 
 def _kind(
     scores: np.ndarray, scores_layout: Layout, wanted: OutputKind | None, output: str
-) -> Literal["logits", "probabilities"]:
-    if wanted == "labels":
-        raise ImportProblem(
-            "--output-kind labels is not supported: segserve answers probabilities, "
-            "confidence and TTA from per-class scores. Export the model's scores (before its "
-            "argmax) and import those"
-        )
+) -> OutputKind:
     axis = 1 if scores_layout == "NCHW" else 3
     sums = scores.astype(np.float64).sum(axis=axis)
     looks_like_probabilities = bool(
@@ -442,6 +474,7 @@ def _spec(
             std=std,
             size_multiple=multiple,
             input_dtype="uint8",
+            logits_output=None if probe.kind == "labels" else "logits",
             tile=tile,
             exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
@@ -460,21 +493,34 @@ def _self_check(
         h, w = _align(PROBE_BASE, spec.size_multiple), _align(PROBE_BASE + 32, spec.size_multiple)
     pixels = np.random.default_rng(7).integers(0, 256, (1, probe.channels, h, w), np.uint8)
     canonical = _session(wrapped.SerializeToString(), Path("the wrapped model"))
-    logits, labels = canonical.run(["logits", "labels"], {"image": pixels})
-    if logits.shape != (1, spec.num_classes, h, w) or labels.shape != (1, h, w):
-        raise ImportProblem(
-            f"the wrapped model answered {logits.shape} for a {h}x{w} input (expected "
-            f"(1, {spec.num_classes}, {h}, {w})): set --output/--layout"
-        )
     mean = np.asarray(spec.mean, np.float32)[:, None, None]
     std = np.asarray(spec.std, np.float32)[:, None, None]
     x = (pixels.astype(np.float32) / np.float32(255) - mean) / std
     feed = x.transpose(0, 2, 3, 1) if probe.layout == "NHWC" else x
     dtype = _numpy_dtype(session.get_inputs()[0].type)
     scores = session.run([probe.output], {probe.input: feed.astype(dtype)})[0]
-    if probe.scores_layout == "NHWC":
-        scores = scores.transpose(0, 3, 1, 2)
-    want = bilinear(scores[0].astype(np.float32), h, w).argmax(0)
+    if probe.kind == "labels":
+        (labels,) = canonical.run(["labels"], {"image": pixels})
+        if labels.shape != (1, h, w):
+            raise ImportProblem(
+                f"the wrapped model answered labels {labels.shape} for a {h}x{w} input "
+                f"(expected (1, {h}, {w})): set --output/--layout"
+            )
+        original = (
+            scores[0] if probe.labels_axis is None else scores[0].squeeze(probe.labels_axis - 1)
+        )
+        check_label_range(original, spec.num_classes, probe.output, "the self-check probe")
+        want = nearest(original, h, w)
+    else:
+        logits, labels = canonical.run(["logits", "labels"], {"image": pixels})
+        if logits.shape != (1, spec.num_classes, h, w) or labels.shape != (1, h, w):
+            raise ImportProblem(
+                f"the wrapped model answered {logits.shape} for a {h}x{w} input (expected "
+                f"(1, {spec.num_classes}, {h}, {w})): set --output/--layout"
+            )
+        if probe.scores_layout == "NHWC":
+            scores = scores.transpose(0, 3, 1, 2)
+        want = bilinear(scores[0].astype(np.float32), h, w).argmax(0)
     agreement = float((want == labels[0]).mean())
     if agreement < AGREEMENT:
         raise ImportProblem(

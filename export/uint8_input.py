@@ -48,6 +48,8 @@ def wrap(path: Path, out: Path) -> None:
     spec = read_spec(path)
     if spec.input_dtype != "float32":
         raise ValueError(f"{path} already takes {spec.input_dtype} input")
+    if spec.logits_output is None:
+        raise ValueError(f"{path} answers labels only; this wraps a graph with scores")
     wrapped = canonicalise(
         onnx.load(str(path)),
         input_name=spec.input_name,

@@ -33,17 +33,32 @@ def check_graph(session: ort.InferenceSession, spec: ModelSpec) -> None:
 
 
 def warm_up(session: ort.InferenceSession, spec: ModelSpec) -> None:
-    """One run on a dummy input, so the first request does not pay for initialisation."""
+    """One run on a dummy input, so the first request does not pay for initialisation; its
+    scores (when the graph has them) and class map must have the shapes the spec promises."""
     side = spec.size_multiple * max(1, -(-64 // spec.size_multiple))
     dtype = np.uint8 if spec.input_dtype == "uint8" else np.float32
     dummy = np.zeros((1, spec.input_channels, side, side), dtype)
     outputs = session.run(None, {spec.input_name: dummy})
-    logits = outputs[[o.name for o in session.get_outputs()].index(spec.logits_output)]
-    if logits.shape[1] != spec.num_classes or logits.shape[2:] != (side, side):
-        raise ValueError(
-            f"warm-up output {tuple(logits.shape)} does not match {spec.num_classes} classes "
-            "at input resolution"
-        )
+    names = [o.name for o in session.get_outputs()]
+    if spec.logits_output is not None:
+        logits = outputs[names.index(spec.logits_output)]
+        if logits.shape[1] != spec.num_classes or logits.shape[2:] != (side, side):
+            raise ValueError(
+                f"warm-up output {tuple(logits.shape)} does not match {spec.num_classes} "
+                "classes at input resolution"
+            )
+    if spec.labels_output is not None:
+        labels = outputs[names.index(spec.labels_output)]
+        if labels.shape != (1, side, side) or labels.dtype.kind not in "iu":
+            raise ValueError(
+                f"warm-up labels {tuple(labels.shape)} {labels.dtype} are not integer class "
+                f"indices of shape (1, {side}, {side}) (the input's resolution)"
+            )
+        if labels.min() < 0 or labels.max() >= spec.num_classes:
+            raise ValueError(
+                f"warm-up labels range {int(labels.min())}..{int(labels.max())}, outside "
+                f"the {spec.num_classes} classes of the metadata"
+            )
 
 
 # onnxruntime's source locations, with the C++ function after them:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app import tracing
+from app.errors import ScoresUnavailable
 from app.imaging.decode import to_channels
 from app.inference.registry import ModelEntry
 from app.spec import ModelSpec
@@ -103,6 +104,22 @@ def run_session(
         return model.run(output, x, batchable)
 
 
+def require_scores(
+    spec: ModelSpec, probabilities: bool = False, confidence: bool = False, tta: bool = False
+) -> None:
+    """Refuse (422 scores-unavailable) what needs per-class scores from a model whose graph
+    answers class labels only; nothing when nothing of the kind is asked or there are scores."""
+    wants = {"probabilities": probabilities, "confidence": confidence, "tta": tta}
+    asked = [what for what, wanted in wants.items() if wanted]
+    if asked and spec.logits_output is None:
+        raise ScoresUnavailable(
+            f"model {spec.name!r} version {spec.version} answers class labels only (its graph "
+            f"has no per-class scores output), so {' and '.join(asked)} cannot be computed: "
+            "ask for the class map alone (format png, json, overlay, coco or geojson; the v2 "
+            "output 'labels') without tta"
+        )
+
+
 class Stopped(Exception):
     """Work stopped between session runs because nobody waits for the answer any more."""
 
@@ -118,9 +135,12 @@ def run_probabilities(
     flips and 90-degree rotations of the input (the U-Net paper's test-time augmentation),
     each mapped back before averaging; `should_stop` is asked before each view."""
     spec = model.spec
+    require_scores(spec, probabilities=not tta, tta=tta)
+    logits = spec.logits_output
+    assert logits is not None  # require_scores refused a labels-only model
 
     def probabilities(batch: np.ndarray) -> np.ndarray:
-        return softmax(run_session(model, spec.logits_output, batch, batchable), axis=1)
+        return softmax(run_session(model, logits, batch, batchable), axis=1)
 
     if not tta:
         return probabilities(x)
@@ -154,6 +174,7 @@ def segment(
     """Class map for one decoded image in one pass; uses the graph's argmax output when
     nothing else is asked for (no float logits leave the session then)."""
     spec = model.spec
+    require_scores(spec, probabilities, confidence, tta)
     h, w = pixels.shape[:2]
     started = time.perf_counter()
     with tracing.span("preprocess"):

@@ -36,6 +36,7 @@ from app.inference.pipeline import (
     model_input,
     padded_channels,
     padded_size,
+    require_scores,
     run_probabilities,
 )
 from app.inference.registry import ModelEntry
@@ -201,6 +202,7 @@ def segment_tiled(
     (rounded down to a batch) are taken as done, and `on_progress(done, total)` is called
     after each batch is written."""
     spec = model.spec
+    require_scores(spec, probabilities, confidence, tta)
     started = time.perf_counter()
     height, width = pixels.shape[:2]
     padded_h, padded_w = padded_size(spec, height, width)

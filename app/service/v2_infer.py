@@ -2,7 +2,8 @@
 
 Inputs: `image` (UINT8, [N, H, W, C] with C 1 or 3) or `image_bytes` (BYTES, [1], an
 encoded image file). Outputs: `labels` (UINT8, [N, H, W]) and, when asked for,
-`probabilities` (FP32, [N, K, H, W]). Each transport decodes its tensors into
+`probabilities` (FP32, [N, K, H, W]; not for a model that answers labels only, which
+answers 422). Each transport decodes its tensors into
 `{name: numpy array | list of bytes}` and encodes `V2Result.arrays` its own way.
 """
 
@@ -20,7 +21,7 @@ from app import tracing
 from app.config import Settings
 from app.errors import BadInferenceRequest, PayloadTooLarge
 from app.imaging.decode import declared_pixels, decode_image
-from app.inference.pipeline import Stopped
+from app.inference.pipeline import Stopped, require_scores
 from app.inference.registry import ModelEntry
 from app.inference.registry import shown as shown
 from app.inference.v2_codec import InferenceRequest
@@ -44,6 +45,11 @@ def model_metadata(entry: ModelEntry, versions: list[str]) -> dict[str, Any]:
     """The protocol's model metadata: inputs, outputs, and segserve's parameters;
     `versions`: every version of the model that serves."""
     spec = entry.spec
+    outputs: list[dict[str, Any]] = [{"name": "labels", "datatype": "UINT8", "shape": [-1, -1, -1]}]
+    if spec.has_scores:  # a model whose graph answers labels only has no probabilities
+        outputs.append(
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, spec.num_classes, -1, -1]}
+        )
     return {
         "name": spec.name,
         "versions": versions,
@@ -52,10 +58,7 @@ def model_metadata(entry: ModelEntry, versions: list[str]) -> dict[str, Any]:
             {"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, spec.input_channels]},
             {"name": "image_bytes", "datatype": "BYTES", "shape": [1]},
         ],
-        "outputs": [
-            {"name": "labels", "datatype": "UINT8", "shape": [-1, -1, -1]},
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, spec.num_classes, -1, -1]},
-        ],
+        "outputs": outputs,
         "parameters": {
             "classes": spec.classes,
             "providers": entry.providers,
@@ -153,9 +156,10 @@ def infer_images(
     above SEG_WHOLE_IMAGE_MAX_PIXELS), after the answer's size is checked, stopping between
     images and tiles once `stop` is set. In the inference executor, like `request_images`
     (which decodes `image_bytes`)."""
+    with_probs = any(name == "probabilities" for name, _ in wanted)
+    require_scores(entry.spec, probabilities=with_probs)  # 422 for a labels-only model
     limits = Limits.from_settings(settings)
     check_answer_size(entry, images, wanted, limits)
-    with_probs = any(name == "probabilities" for name, _ in wanted)
     results = []
     for done, image in enumerate(images):
         if stop.is_set():

@@ -89,6 +89,7 @@ ACCEPTED = [
     {"std": [1e-9]},
     {"size_multiple": 1024},
     {"labels_output": None},
+    {"logits_output": None},  # a graph that answers labels only
     {"size_multiple": 16, "tile": {"size": 48, "overlap": 23}},
 ]
 
@@ -124,6 +125,7 @@ REFUSED = [
     ({"tile": {"size": 16, "overlap": 0, "batch": 0}}, "batch"),
     ({"tile": {"size": 16, "overlap": 0, "stride": 8}}, "stride"),
     ({"colours": []}, "colours"),
+    ({"logits_output": None, "labels_output": None}, "needs labels_output"),
 ]
 
 

@@ -235,7 +235,8 @@ def test_channel_count_must_match_mean_and_std() -> None:
         ({"scores_output": "logits"}, "no output 'logits'; its outputs: \\['out'\\]"),
         ({"mean": [0.5, 0.5]}, "one value per channel"),
         ({"std": [1.0, 0.0, 1.0]}, "std values must be positive"),
-        ({"output_kind": "labels"}, "output_kind must be"),
+        ({"output_kind": "votes"}, "output_kind must be"),
+        ({"labels_axis": 1}, "labels_axis is 1 or 3, for output_kind='labels' only"),
     ],
 )
 def test_what_cannot_be_wrapped_is_refused(kwargs: dict[str, object], message: str) -> None:

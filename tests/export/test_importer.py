@@ -113,8 +113,10 @@ def test_versions_count_up_and_are_never_overwritten(tmp_path: Path) -> None:
     [
         ({}, {"classes": None}, "answers 4 classes: name them with --classes"),
         ({}, {"classes": ["a", "b", "c"]}, "answers 4 classes, but 3 names were given"),
-        ({"labels_only": True}, {}, "--output-kind labels is not supported"),
-        ({}, {"output_kind": "labels"}, "--output-kind labels is not supported"),
+        ({"labels_only": True}, {"classes": None}, "do not tell how many classes .* --classes"),
+        ({"labels_only": True}, {"classes": ["a", "b"]}, "outside the 2 classes named"),
+        ({"labels_only": True}, {"output_kind": "logits"}, "import it with --output-kind labels"),
+        ({}, {"output_kind": "labels"}, "shape \\(1, 4, 64, 96\\); class labels are"),
         ({}, {"output_kind": "probabilities"}, "does not sum to 1"),
         (
             {"extra_output": "other", "scores_name": "main"},

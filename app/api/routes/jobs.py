@@ -26,6 +26,7 @@ from app.errors import (
     ProblemError,
 )
 from app.imaging.encode import rle_json_text, rle_text_bytes
+from app.inference.pipeline import require_scores
 from app.jobs.files import INPUT
 from app.jobs.manager import JobManager
 from app.jobs.store import Job, JobState
@@ -38,7 +39,7 @@ ERRORS = {
     409: "The job has no result",
     413: "Upload, image or answer above the limits",
     415: "Unsupported content type",
-    422: "Invalid parameters",
+    422: "Invalid parameters; confidence or tta from a labels-only model",
     503: "Model not ready, or the job queue is full (Retry-After)",
     507: "Job disk quota reached",
 }
@@ -131,6 +132,7 @@ async def submit_job(
     ] = False,
 ) -> JSONResponse:
     model = registry.get(name)
+    require_scores(model.spec, confidence=confidence, tta=tta)  # labels-only models: 422
     jobs.check_capacity()  # before the upload: a full queue costs nobody a transfer
     job_id, folder = jobs.new_folder()
     try:

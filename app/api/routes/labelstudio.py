@@ -173,7 +173,9 @@ def _predict_one(
     stop: threading.Event,
 ) -> tuple[list[dict[str, Any]], list[bytes], float, int]:
     decoded = decode_image(image, limits.max_pixels)
-    result = infer_pixels(model, decoded.pixels, limits, confidence=True, stop=stop)
+    # The score is the mean top-class probability; a labels-only model has none (score 1.0).
+    confidence = model.spec.has_scores
+    result = infer_pixels(model, decoded.pixels, limits, confidence=confidence, stop=stop)
     size = results_size_bound(result.labels, target)
     if size > budget:
         raise AnswerTooLarge(

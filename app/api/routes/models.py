@@ -27,6 +27,7 @@ def _info(entry: ModelEntry, default: bool) -> ModelInfo:
         precision=entry.spec.precision,
         precisions=entry.variants,
         note=entry.note,
+        outputs=["labels", "probabilities"] if entry.spec.has_scores else ["labels"],
     )
 
 

@@ -12,6 +12,7 @@ from app.api.body import read_image_upload
 from app.api.deps import AdmissionDep, ExecutorDep, MetricsDep, RegistryDep, SettingsDep
 from app.errors import PROBLEM_CONTENT, ProblemError
 from app.imaging.decode import declared_pixels
+from app.inference.pipeline import require_scores
 from app.inference.tiling import Tiling
 from app.schemas import CocoDocument, SegmentationResponse
 from app.service import Limits, OutputFormat, SegmentOptions, segment_file
@@ -127,7 +128,11 @@ SEGMENT_ROUTE: dict[str, Any] = dict(
         413: {"description": "Body or declared image size above the limits", **PROBLEM_CONTENT},
         504: {"description": "No result within SEG_REQUEST_TIMEOUT_S", **PROBLEM_CONTENT},
         415: {"description": "Unsupported content type", **PROBLEM_CONTENT},
-        422: {"description": "Invalid parameters", **PROBLEM_CONTENT},
+        422: {
+            "description": "Invalid parameters; confidence or tta from a model that answers "
+            "labels only (scores-unavailable)",
+            **PROBLEM_CONTENT,
+        },
         503: {"description": "Model not ready, or overloaded (see Retry-After)", **PROBLEM_CONTENT},
     },
 )
@@ -191,6 +196,8 @@ async def segment_image(
     )  # fmt: skip
     model = registry.get(name, request.path_params.get("version"))  # the highest by default
     tracing.annotate_model(model.name, model.version)
+    # A labels-only model cannot answer confidence or TTA: refused before the upload is read.
+    require_scores(model.spec, confidence=options.format == "confidence", tta=tta)
     admission.check_capacity()  # refuse before reading the body when the queue is full
     upload = await read_image_upload(request, settings)
     try:
