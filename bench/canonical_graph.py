@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         canonical_bytes = imported.path.read_bytes()
     spec, probe = imported.spec, imported.probe
+    if probe.kind == "labels":
+        parser.error("the model answers class labels only: there are no scores to compare")
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     options.inter_op_num_threads = 1
