@@ -140,7 +140,8 @@ def _decode_opened(
         if pixels is None:
             opened.seek(0)
             opened.load()
-            pixels = _to_canonical(ImageOps.exif_transpose(opened))
+            ImageOps.exif_transpose(opened, in_place=True)  # no copy when nothing to turn
+            pixels = _to_canonical(opened)
     except MemoryError:
         raise _too_much_memory() from None
     except Exception as exc:  # any plugin failure on untrusted data is a bad file
