@@ -30,6 +30,7 @@ TABLE = [
     (errors.JobNotReady, 409, "job-not-finished", None),
     (errors.UnsupportedMediaType, 415, "unsupported-media-type", None),
     (errors.InvalidParameter, 422, "invalid-parameter", None),
+    (errors.ScoresUnavailable, 422, "scores-unavailable", "Scores Unavailable"),
     (errors.ModelNotReady, 503, "model-not-ready", None),
     (errors.Overloaded, 503, "overloaded", None),
     (errors.ShuttingDown, 503, "shutting-down", None),
