@@ -104,8 +104,15 @@ def test_timeouts_and_hang_ups_are_counted_and_named() -> None:
     async def never() -> bool:
         return False
 
-    async def gone() -> bool:
-        return True
+    started = threading.Event()
+    busy = threading.Event()  # work that ignores its stop: the watcher ends first
+
+    def work() -> None:
+        started.set()
+        busy.wait(2)
+
+    async def gone() -> bool:  # the client hangs up once its work has started
+        return started.is_set()
 
     async def scenario() -> None:
         admission = Admission(limit=8, timeout_s=0.05)
@@ -118,11 +125,11 @@ def test_timeouts_and_hang_ups_are_counted_and_named() -> None:
             assert late.value.status == 504
             assert "SEG_REQUEST_TIMEOUT_S=0.05 s" in late.value.detail
             patient = Admission(limit=8, timeout_s=10)
-            busy = threading.Event()  # work that ignores its stop: the watcher ends first
             try:
                 for stop in stops[2:]:
+                    started.clear()
                     with pytest.raises(Abandoned) as hung_up:
-                        await patient.run(executor, busy.wait, 2, stop=stop, disconnected=gone)
+                        await patient.run(executor, work, stop=stop, disconnected=gone)
             finally:
                 busy.set()
             assert patient.abandoned == 2 and patient.timed_out == 0
