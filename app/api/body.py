@@ -15,6 +15,7 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
+from starlette.types import Message
 
 from app.config import Settings
 from app.errors import (
@@ -121,6 +122,44 @@ async def _multipart_image(request: Request, stream: AsyncGenerator[bytes, None]
         for _, value in form.multi_items():  # close every other part's file
             if isinstance(value, UploadFile) and value.file is not keep:
                 await value.close()
+
+
+def in_memory(upload: IO[bytes]) -> bool:
+    """Whether the upload is held in memory (at most SEG_SPOOL_BYTES, or python-multipart's
+    1 MiB for a form field), not rolled over to disk: reading it never blocks on a disk."""
+    return isinstance(upload, SpooledTemporaryFile) and not getattr(upload, "_rolled", True)
+
+
+class DisconnectWatch:
+    """`await watch()`: whether the client has hung up, once the body has been read whole.
+
+    For Admission.run's polling: one pending ASGI receive per request, which the server
+    completes with `http.disconnect` when the connection goes, and each poll only looks at
+    it; Starlette's `request.is_disconnected` instead opens and cancels an anyio cancel scope
+    on every poll, on the event loop. `close()` when the answer is ready."""
+
+    def __init__(self, request: Request) -> None:
+        self.receive = request.receive
+        self.waiter: asyncio.Future[Message] | None = None
+        self.gone = False
+
+    async def __call__(self) -> bool:
+        if self.gone:
+            return True
+        if self.waiter is not None and self.waiter.done():
+            failed = self.waiter.cancelled() or self.waiter.exception() is not None
+            self.gone = failed or self.waiter.result().get("type") == "http.disconnect"
+            self.waiter = None  # anything else (an empty trailing body message): wait again
+        if self.waiter is None and not self.gone:
+            self.waiter = asyncio.ensure_future(self.receive())
+        return self.gone
+
+    def close(self) -> None:
+        if self.waiter is not None:
+            if self.waiter.done() and not self.waiter.cancelled():
+                self.waiter.exception()  # retrieved: no "never retrieved" warning
+            self.waiter.cancel()
+            self.waiter = None
 
 
 async def save_image_upload(

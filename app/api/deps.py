@@ -1,4 +1,6 @@
-"""FastAPI dependencies: typed access to the app's shared objects."""
+"""FastAPI dependencies: typed access to the app's shared objects. `async`, though they
+never wait: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per
+dependency per request on the event loop."""
 
 from __future__ import annotations
 
@@ -13,27 +15,27 @@ from app.inference.registry import ModelRegistry
 from app.observability import Metrics
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     registry: ModelRegistry = request.app.state.registry
     return registry
 
 
-def get_executor(request: Request) -> Executor:
+async def get_executor(request: Request) -> Executor:
     executor: Executor = request.app.state.executor
     return executor
 
 
-def get_admission(request: Request) -> Admission:
+async def get_admission(request: Request) -> Admission:
     admission: Admission = request.app.state.admission
     return admission
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from app import tracing
-from app.api.body import read_image_upload
+from app.api.body import DisconnectWatch, in_memory, read_image_upload
 from app.api.deps import AdmissionDep, ExecutorDep, MetricsDep, RegistryDep, SettingsDep
 from app.errors import PROBLEM_CONTENT, ProblemError
 from app.imaging.decode import declared_pixels
@@ -200,9 +200,14 @@ async def segment_image(
     require_scores(model.spec, confidence=options.format == "confidence", tta=tta)
     admission.check_capacity()  # refuse before reading the body when the queue is full
     upload = await read_image_upload(request, settings)
+    disconnected = DisconnectWatch(request)
     try:
-        # The pixel budget (SEG_MAX_PENDING_PIXELS) counts the size the header declares.
-        pixels = await asyncio.to_thread(declared_pixels, upload)
+        # The pixel budget (SEG_MAX_PENDING_PIXELS) counts the size the header declares; an
+        # upload in memory (up to SEG_SPOOL_BYTES) is read here, one on disk off the loop.
+        if in_memory(upload):
+            pixels = declared_pixels(upload)
+        else:
+            pixels = await asyncio.to_thread(declared_pixels, upload)
         stop = threading.Event()  # set when nobody waits for the answer any more
         result = await admission.run(
             executor,
@@ -213,10 +218,11 @@ async def segment_image(
             Limits.from_settings(settings),
             stop,
             stop=stop,
-            disconnected=request.is_disconnected,
+            disconnected=disconnected,
             pixels=pixels,
         )
     finally:
+        disconnected.close()
         upload.close()
     timings = result.timings_ms
     metrics.inference.labels(model.spec.name).observe(timings["inference"] / 1000)
