@@ -21,7 +21,7 @@ from app.errors import install_error_handlers
 from app.grpc_v2 import with_grpc
 from app.inference.admission import Admission
 from app.inference.registry import ModelRegistry
-from app.inference.session import SessionFactory, _ort_session, default_workers
+from app.inference.session import SessionFactory, default_workers, ort_session
 from app.inference.workers import InferencePool
 from app.jobs.manager import JobManager
 from app.main_info import SERVER_NAME, VERSION
@@ -41,7 +41,7 @@ SHARED_JOB_POLL_S = 0.5
 
 def create_app(
     settings: Settings | None = None,
-    session_factory: SessionFactory = _ort_session,
+    session_factory: SessionFactory = ort_session,
     role: ProcessRole | None = None,
 ) -> FastAPI:
     """The app; `role` places it among SEG_PROCESSES worker processes (app/supervisor.py):

@@ -39,8 +39,8 @@ from app.inference.runner import SessionRunner
 from app.inference.session import (
     CUDA,
     SessionFactory,
-    _ort_session,
     create_session,
+    ort_session,
     requested_providers,
 )
 from app.spec import ModelSpec
@@ -56,7 +56,7 @@ Served = dict[str, dict[str, ModelEntry]]  # name -> version -> entry
 
 
 class ModelRegistry:
-    def __init__(self, settings: Settings, factory: SessionFactory = _ort_session) -> None:
+    def __init__(self, settings: Settings, factory: SessionFactory = ort_session) -> None:
         self.settings = settings
         self.factory = factory
         self.statuses: list[ModelStatus] = []

@@ -71,9 +71,11 @@ def _preload_cuda_libraries() -> None:
         log.info("could not preload CUDA libraries: %s", exc)
 
 
-def _ort_session(
+def ort_session(
     path: str, options: ort.SessionOptions, providers: list[Provider]
 ) -> ort.InferenceSession:
+    """The default SessionFactory: an onnxruntime session (CUDA's libraries preloaded first
+    when CUDA is asked for)."""
     if any(p == CUDA or (isinstance(p, tuple) and p[0] == CUDA) for p in providers):
         _preload_cuda_libraries()
     return ort.InferenceSession(path, options, providers=providers)
@@ -83,7 +85,7 @@ def create_session(
     path: Path,
     device: Device,
     intra_op_threads: int,
-    factory: SessionFactory = _ort_session,
+    factory: SessionFactory = ort_session,
     available: Callable[[], list[str]] | None = None,
     cuda_options: dict[str, str] | None = None,
 ) -> tuple[ort.InferenceSession, list[str]]:
