@@ -243,6 +243,7 @@ def test_wanted_outputs_follow_the_binary_data_extension() -> None:
         ([("probabilities", True)], 48),  # 2 classes x 4-byte floats
         ([("probabilities", False)], 192),  # 2 classes x "0.12345678,"-like 16 bytes
         ([("labels", True), ("probabilities", True)], 54),
+        ([("probabilities", True), ("labels", False)], 72),  # every output adds its size
     ],
 )
 def test_the_answer_size_estimate_is_refused_one_byte_over_the_limit(
@@ -253,7 +254,9 @@ def test_the_answer_size_estimate_is_refused_one_byte_over_the_limit(
     v2_infer.check_answer_size(entry, images, wanted, Limits(10**6, 10**6, size))
     with pytest.raises(AnswerTooLarge) as refused:
         v2_infer.check_answer_size(entry, images, wanted, Limits(10**6, 10**6, size - 1))
-    assert f"about {size} bytes" in refused.value.detail
+    detail = refused.value.detail
+    assert detail.startswith(f"the requested outputs would be about {size} bytes")
+    assert "SEG_MAX_ANSWER_BYTES" in detail and "ask for binary_data or fewer pixels" in detail
 
 
 def test_the_answer_size_counts_every_image_of_a_batch(served: TestClient) -> None:
