@@ -54,9 +54,10 @@ def _healthcheck(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     """`segserve import`: probe, wrap and write an ONNX model into a model repository."""
     try:
-        from export.importer import ImportRequest, import_model
+        from export.importer import import_model
         from export.importer_inputs import (
             ImportProblem,
+            ImportRequest,
             parse_classes,
             parse_floats,
             read_classes_file,

@@ -6,7 +6,7 @@ The canonical graph (export/canonical.py, what `segserve import` writes) takes u
 pixels and does the normalisation, the upsampling of the scores to the input size and the
 argmax inside onnxruntime. The alternative design feeds the original graph float input
 normalised in numpy (app/inference/pipeline.normalise, as the service does for float32
-specs) and upsamples its scores in numpy (export/importer.bilinear, the same half-pixel
+specs) and upsamples its scores in numpy (export/importer_check.bilinear, the same half-pixel
 bilinear) before the argmax. Per request: one uint8 class map from one RGB image of
 `--size` squared, the median of `--rounds` with the two designs alternating round by round
 so they see the same load; `--threads` intra-op threads for both sessions. Prints
@@ -26,7 +26,9 @@ import numpy as np
 import onnxruntime as ort
 
 from app.inference.pipeline import normalise
-from export.importer import ImportRequest, bilinear, import_model
+from export.importer import import_model
+from export.importer_check import bilinear
+from export.importer_inputs import ImportRequest
 
 
 def main(argv: list[str] | None = None) -> None:

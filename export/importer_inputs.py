@@ -1,4 +1,5 @@
-"""The files and lists `segserve import` reads: class names, palettes, mean/std.
+"""What `segserve import` is asked (`ImportRequest`, the command's flags) and the files and
+lists it reads: class names, palettes, mean/std.
 
 Class names come as `a,b,c`, as a file with one name a line, or as a CSV file with a header
 (a `name`, `class`, `label` or `class_name` column; `r`, `g`, `b` columns, as CamVid's
@@ -13,14 +14,39 @@ from __future__ import annotations
 import csv
 import io
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from export.canonical import Layout
 
 RGB = tuple[int, int, int]
+OutputKind = Literal["logits", "probabilities", "labels"]
 _NAME_COLUMNS = ("name", "class", "class_name", "label", "classes")
 
 
 class ImportProblem(ValueError):
     """The model cannot be imported as asked; the message names the flag to set."""
+
+
+@dataclass
+class ImportRequest:
+    source: Path
+    repo: Path
+    name: str
+    version: str | None = None
+    classes: list[str] | None = None
+    palette: list[RGB] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    layout: Layout | None = None
+    input: str | None = None
+    output: str | None = None
+    output_kind: OutputKind | None = None
+    size_multiple: int | None = None
+    tile_size: int | None = None
+    tile_overlap: int | None = None
+    description: str = ""
 
 
 def parse_floats(text: str, flag: str) -> list[float]:

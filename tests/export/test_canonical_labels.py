@@ -18,8 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 from app.inference.pipeline import normalise
 from app.spec import ModelSpec
 from export.canonical import canonicalise
-from export.importer import ImportRequest, import_model
-from export.importer_inputs import ImportProblem
+from export.importer import import_model
+from export.importer_inputs import ImportProblem, ImportRequest
 from export.importer_labels import nearest
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

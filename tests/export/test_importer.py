@@ -17,8 +17,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from app.cli import main
 from app.spec import ModelSpec
-from export.importer import ImportRequest, bilinear, import_model
-from export.importer_inputs import ImportProblem, read_classes_file, voc_palette
+from export.importer import import_model
+from export.importer_check import bilinear
+from export.importer_inputs import ImportProblem, ImportRequest, read_classes_file, voc_palette
 
 
 def _model(
@@ -224,7 +225,15 @@ def test_cli_without_onnx_says_which_extra(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)  # type: ignore[arg-type]
-    for module in ("export.importer", "export.canonical", "export.metadata"):
+    for module in (
+        "export.importer",
+        "export.importer_check",
+        "export.importer_inputs",
+        "export.importer_probe",
+        "export.importer_spec",
+        "export.canonical",
+        "export.metadata",
+    ):
         monkeypatch.delitem(sys.modules, module, raising=False)  # imported again, without onnx
     with contextlib.redirect_stdout(io.StringIO()):
         code = main(["import", "m.onnx", "--repo", str(tmp_path), "--name", "m"])

@@ -27,7 +27,7 @@ from app.cli import main
 from app.config import Settings
 from app.main import create_app
 from app.spec import ModelSpec
-from export.importer import IMAGENET_MEAN, IMAGENET_STD
+from export.importer_spec import IMAGENET_MEAN, IMAGENET_STD
 from tests.app.conftest import wait_ready
 from tests.interop.models import CASES, Case, export
 
