@@ -42,7 +42,7 @@ def recording_entry(input_type: str = "float32") -> tuple[ModelEntry, list[np.nd
         first = x[:, :1].astype(np.float32)
         return np.concatenate([first, 2 * first], axis=1)
 
-    entry = ModelEntry(file="rec.onnx", spec=spec, session=None,  # type: ignore[arg-type]
+    entry = ModelEntry(file="rec.onnx", spec=spec, session=None,
                        providers=["numpy"], runner=runner)  # fmt: skip
     return entry, seen
 

@@ -35,7 +35,7 @@ def threshold_entry() -> tuple[ModelEntry, list[tuple[int, ...]]]:
         shapes.append(x.shape)
         return np.concatenate([-x[:, :1], x[:, :1]], axis=1).astype(np.float32)
 
-    entry = ModelEntry(file="svc.onnx", spec=spec, session=None,  # type: ignore[arg-type]
+    entry = ModelEntry(file="svc.onnx", spec=spec, session=None,
                        providers=["numpy"], runner=runner)  # fmt: skip
     return entry, shapes
 

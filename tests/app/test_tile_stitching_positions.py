@@ -46,7 +46,7 @@ def positional_entry(
         return logits
 
     entry = ModelEntry(
-        file="positions.onnx", spec=spec, session=None,  # type: ignore[arg-type]
+        file="positions.onnx", spec=spec, session=None,
         providers=["numpy"], runner=runner, pipelined_tiles=pipelined,
     )  # fmt: skip
     return entry, seen

@@ -44,7 +44,7 @@ def test_preprocess_and_inference_count_every_batch_once(pipelined: bool) -> Non
         time.sleep(RUN_S)
         return np.zeros((x.shape[0], 2, *x.shape[2:]), np.float32)
 
-    model = ModelEntry(file="slow.onnx", spec=spec, session=None,  # type: ignore[arg-type]
+    model = ModelEntry(file="slow.onnx", spec=spec, session=None,
                        providers=["numpy"], runner=runner, pipelined_tiles=pipelined)  # fmt: skip
     source = SlowRegions()
     started = time.perf_counter()
