@@ -38,6 +38,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from app.spec import SPEC_KEY
+from export.onnx_graph import at_least_opset, declared_dims, names, prune, used_names
 
 Layout = Literal["NCHW", "NHWC"]
 OutputKind = Literal["logits", "probabilities", "labels"]
@@ -84,21 +85,21 @@ def canonicalise(
         )
     if labels_axis not in (None, 1, 3) or (labels_axis is not None and output_kind != "labels"):
         raise ValueError("labels_axis is 1 or 3, for output_kind='labels' only")
-    model = _at_least_opset(model)
+    model = at_least_opset(model, MIN_OPSET)
     graph = model.graph
     initializers = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     by_name = {i.name: i for i in inputs}
     if input_name not in by_name:
-        raise ValueError(f"the model has no input {input_name!r}; its inputs: {_names(inputs)}")
+        raise ValueError(f"the model has no input {input_name!r}; its inputs: {names(inputs)}")
     if len(inputs) > 1:
         raise ValueError(
-            f"the model has inputs {_names(inputs)}; the canonical graph feeds only the image"
+            f"the model has inputs {names(inputs)}; the canonical graph feeds only the image"
         )
     outputs = {o.name: o for o in graph.output}
     if scores_output not in outputs:
         raise ValueError(
-            f"the model has no output {scores_output!r}; its outputs: {_names(graph.output)}"
+            f"the model has no output {scores_output!r}; its outputs: {names(graph.output)}"
         )
     in_type = by_name[input_name].type.tensor_type
     if in_type.elem_type not in _FLOATS:
@@ -106,7 +107,7 @@ def canonicalise(
             f"input {input_name!r} is {_type_name(in_type.elem_type)}; the model must take "
             "float pixels (it is normalised inside the canonical graph)"
         )
-    dims = _dims(in_type)
+    dims = declared_dims(in_type)
     if dims is not None and len(dims) != 4:
         raise ValueError(f"input {input_name!r} has rank {len(dims)}; an image input has rank 4")
     c_axis, hw_axes = (1, (2, 3)) if layout == "NCHW" else (3, (1, 2))
@@ -169,7 +170,7 @@ def canonicalise(
         axis0 = const("axis0", np.array([0], np.int64))
         body_nodes = [
             helper.make_node("Unsqueeze", [_OWN + "one", axis0], [_INNER + input_name]),
-            *_prune(inner_nodes, [_INNER + scores_output]),
+            *prune(inner_nodes, [_INNER + scores_output]),
             helper.make_node("Squeeze", [_INNER + scores_output, axis0], [_OWN + "one_scores"]),
         ]
         body = helper.make_graph(
@@ -177,7 +178,7 @@ def canonicalise(
             "one_image",
             [helper.make_tensor_value_info(_OWN + "one", in_type.elem_type, None)],
             [helper.make_tensor_value_info(_OWN + "one_scores", out_type.elem_type, None)],
-            value_info=[v for v in inner.graph.value_info if v.name in _used_names(body_nodes)],
+            value_info=[v for v in inner.graph.value_info if v.name in used_names(body_nodes)],
         )
         scores = node("Scan", [x], "per_image", num_scan_inputs=1, body=body)
         inner_nodes = []
@@ -193,7 +194,7 @@ def canonicalise(
             const,
         )  # fmt: skip
     graph_out = helper.make_graph(
-        _prune([*nodes[:split], *inner_nodes, *nodes[split:]], [o.name for o in outputs_out]),
+        prune([*nodes[:split], *inner_nodes, *nodes[split:]], [o.name for o in outputs_out]),
         inner.graph.name or "canonical",
         [
             helper.make_tensor_value_info(
@@ -202,7 +203,7 @@ def canonicalise(
         ],
         outputs_out,
     )
-    used = _used_names(graph_out.node)
+    used = used_names(graph_out.node)
     graph_out.initializer.extend(c for c in consts if c.name in used)
     graph_out.initializer.extend(i for i in inner.graph.initializer if i.name in used)
     graph_out.sparse_initializer.extend(
@@ -264,7 +265,7 @@ def _scores_tail(
     nodes.append(
         helper.make_node("Cast", [labels], [LABELS], name=_OWN + LABELS, to=TensorProto.UINT8)
     )
-    classes = _dims(out_type)
+    classes = declared_dims(out_type)
     k_axis = 1 if scores_layout == "NCHW" else 3
     k: int | str = "classes"
     if classes is not None and len(classes) == 4:
@@ -325,31 +326,6 @@ def _check_normalisation(mean: Sequence[float], std: Sequence[float]) -> int:
     return len(mean)
 
 
-def _at_least_opset(model: onnx.ModelProto) -> onnx.ModelProto:
-    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if version is None:
-        raise ValueError("the model imports no default ONNX opset")
-    if version >= MIN_OPSET:
-        return model
-    try:
-        return onnx.version_converter.convert_version(model, MIN_OPSET)
-    except Exception as exc:  # the converter raises several kinds
-        raise ValueError(
-            f"the model uses opset {version}; converting it to {MIN_OPSET} failed ({exc}): "
-            f"re-export it with opset {MIN_OPSET} or later"
-        ) from exc
-
-
-def _dims(tensor_type: onnx.TypeProto.Tensor) -> list[int | str | None] | None:
-    """The declared shape: ints for fixed dims, names or None for free ones; None if unknown."""
-    if not tensor_type.HasField("shape"):
-        return None
-    return [
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-        for d in tensor_type.shape.dim
-    ]
-
-
 def _fixed_size(
     dims: list[int | str | None] | None, hw_axes: tuple[int, int]
 ) -> tuple[int, int] | None:
@@ -367,39 +343,3 @@ def _shape_text(dims: list[int | str | None]) -> str:
 
 def _type_name(elem_type: int) -> str:
     return str(TensorProto.DataType.Name(elem_type)).lower()
-
-
-def _names(values: Iterable[onnx.ValueInfoProto]) -> list[str]:
-    return [v.name for v in values]
-
-
-def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
-    """Names a node's subgraphs (If, Loop, Scan bodies) read, including from outer scopes."""
-    names: set[str] = set()
-    for attr in node.attribute:
-        for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-            for inner in sub.node:
-                names.update(inner.input)
-                names |= _subgraph_inputs(inner)
-    return names
-
-
-def _used_names(nodes: Iterable[onnx.NodeProto]) -> set[str]:
-    used: set[str] = set()
-    for n in nodes:
-        used.update(n.input)
-        used |= _subgraph_inputs(n)
-    return used
-
-
-def _prune(ordered: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
-    """The nodes the outputs depend on, in their (valid) order. Nodes feeding only dropped
-    outputs (an `aux` head, the model's own argmax) are left out."""
-    wanted = set(outputs)
-    kept: list[onnx.NodeProto] = []
-    for n in reversed(ordered):
-        if wanted.intersection(n.output):
-            kept.append(n)
-            wanted.update(n.input)
-            wanted |= _subgraph_inputs(n)
-    return kept[::-1]
