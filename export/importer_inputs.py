@@ -16,12 +16,10 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from export.canonical import Layout
+from export.canonical import Layout, OutputKind
 
 RGB = tuple[int, int, int]
-OutputKind = Literal["logits", "probabilities", "labels"]
 _NAME_COLUMNS = ("name", "class", "class_name", "label", "classes")
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.canonical import Layout
-from export.importer_inputs import ImportProblem, ImportRequest, OutputKind
+from export.canonical import Layout, OutputKind
+from export.importer_inputs import ImportProblem, ImportRequest
 from export.importer_labels import holds_labels, labels_layout, labels_output, labels_wanted
 
 SCORE_NAMES = ("out", "logits", "output", "scores")  # preferred among several outputs
