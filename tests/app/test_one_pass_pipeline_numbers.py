@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app import tracing
+from app.errors import ScoresUnavailable
 from app.inference.model_entry import ModelEntry
 from app.inference.pipeline import (
     Stopped,
@@ -24,6 +25,7 @@ from app.inference.pipeline import (
     mirror_pad,
     model_input,
     preprocess,
+    run_probabilities,
     segment,
     softmax,
 )
@@ -175,3 +177,13 @@ def test_tiled_spans_carry_each_batch(spans: InMemorySpanExporter) -> None:
         (0, 1, 2),
         (3,),
     ]
+
+
+@pytest.mark.parametrize(("tta", "named"), [(False, "probabilities"), (True, "tta")])
+def test_scores_from_a_labels_only_graph_are_refused_by_name(tta: bool, named: str) -> None:
+    model, seen = recording_entry()
+    model.spec = model.spec.model_copy(update={"logits_output": None, "labels_output": "labels"})
+    with pytest.raises(ScoresUnavailable) as refused:
+        run_probabilities(model, np.zeros((1, 1, 4, 4), np.float32), tta=tta)
+    assert f"so {named} cannot be computed" in refused.value.detail
+    assert seen == []
