@@ -114,3 +114,14 @@ def test_a_large_noisy_jpeg_is_read_by_the_direct_decoder() -> None:
     assert len(buffer.getvalue()) > 4 * 300 + 65536  # the precondition
     decoded = fast_jpeg_of(buffer.getvalue())
     assert decoded is not None and decoded.shape == (200, 300, 3)
+
+
+def test_a_grey_jpeg_decodes_directly_to_a_two_dimensional_map_equal_to_pillows() -> None:
+    """Grey is decoded as libjpeg's GRAY (one channel) and given back as (H, W)."""
+    smooth = np.add.outer(np.arange(24) * 5, np.arange(40) * 3).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(smooth).save(buffer, format="JPEG", quality=80)
+    decoded = fast_jpeg_of(buffer.getvalue())
+    assert decoded is not None and decoded.dtype == np.uint8 and decoded.shape == (24, 40)
+    with Image.open(io.BytesIO(buffer.getvalue())) as reference:
+        assert np.array_equal(decoded, np.asarray(reference))
