@@ -190,3 +190,12 @@ def test_a_tile_thinner_than_its_margin_mirrors_the_whole_image() -> None:
     assert source.tile(0, 8, 8, 8)[0].tolist() == pixels[np.ix_(range(8), mirrored)].tolist()
     assert source.tile(8, 0, 8, 8)[0].tolist() == pixels[np.ix_(mirrored, range(8))].tolist()
     assert source.tile(0, 0, 8, 8)[0].tolist() == pixels[:8, :8].tolist()
+
+
+def test_probabilities_alone_are_stitched() -> None:
+    model, _ = positional_entry("column")
+    result = segment_tiled(model, np.zeros((8, 20), np.uint8), TilePlan(8, 2), probabilities=True)
+    assert result.confidence is None and result.probabilities is not None
+    top = np.exp(10) / (np.exp(10) + K - 1)
+    assert np.allclose(result.probabilities.max(axis=0), top, atol=1e-6)
+    assert (result.probabilities.argmax(axis=0) == np.array(TWENTY)).all()
