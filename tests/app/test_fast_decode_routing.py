@@ -125,3 +125,22 @@ def test_a_grey_jpeg_decodes_directly_to_a_two_dimensional_map_equal_to_pillows(
     assert decoded is not None and decoded.dtype == np.uint8 and decoded.shape == (24, 40)
     with Image.open(io.BytesIO(buffer.getvalue())) as reference:
         assert np.array_equal(decoded, np.asarray(reference))
+
+
+def png_of_size(size: int) -> bytes:
+    """An 8x16 RGB PNG padded by a neutral tEXt chunk to exactly `size` bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 16, 3), 9, np.uint8)).save(buffer, format="PNG")
+    plain = buffer.getvalue()
+    payload = b"Comment\0" + b"x" * (size - len(plain) - 12 - len(b"Comment\0"))
+    data = plain[:33] + chunk(b"tEXt", payload) + plain[33:]
+    assert len(data) == size
+    return data
+
+
+def test_a_png_up_to_two_bytes_a_sample_plus_64_kib_is_read_whole() -> None:
+    limit = 2 * 8 * 16 * 3 + 65536
+    decoded = fast_png_of(png_of_size(limit))
+    assert decoded is not None and decoded.shape == (8, 16, 3) and (decoded == 9).all()
+    assert fast_png_of(png_of_size(limit + 1)) is None
+    assert fast_png_of(png_of_size(3 * 8 * 16 * 3 + 65536)) is None
