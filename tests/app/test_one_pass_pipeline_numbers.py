@@ -7,6 +7,7 @@ pipeline hands the graph is seen exactly, and the expected values are written ou
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -187,3 +188,42 @@ def test_scores_from_a_labels_only_graph_are_refused_by_name(tta: bool, named: s
         run_probabilities(model, np.zeros((1, 1, 4, 4), np.float32), tta=tta)
     assert f"so {named} cannot be computed" in refused.value.detail
     assert seen == []
+
+
+def two_output_entry(sleep_s: float = 0.0) -> ModelEntry:
+    """Logits [x, 2x] and their argmax as a labels output; each run takes `sleep_s`."""
+    spec = spec_for("threshold", "two", size_multiple=4)
+    assert spec.labels_output == "labels" and spec.logits_output == "logits"
+
+    def runner(output: str, x: np.ndarray) -> np.ndarray:
+        time.sleep(sleep_s)
+        logits = np.concatenate([x[:, :1], 2 * x[:, :1]], axis=1).astype(np.float32)
+        return logits.argmax(1).astype(np.uint8) if output == "labels" else logits
+
+    return ModelEntry(file="two.onnx", spec=spec, session=None, providers=["numpy"],
+                      runner=runner)  # fmt: skip
+
+
+def test_one_pass_answers_only_what_was_asked() -> None:
+    model = two_output_entry()
+    pixels = np.array([[0, 255, 128]], np.uint8)
+    for asked in ({}, {"tta": True}):
+        plain = segment(model, pixels, **asked)  # type: ignore[arg-type]
+        assert plain.probabilities is None and plain.confidence is None
+        assert plain.labels.tolist() == [[0, 1, 1]]
+    with_confidence = segment(model, pixels, confidence=True)
+    assert with_confidence.probabilities is None and with_confidence.confidence is not None
+    with_probabilities = segment(model, pixels, probabilities=True)
+    assert with_probabilities.confidence is None and with_probabilities.probabilities is not None
+
+
+def test_one_pass_timings_are_milliseconds() -> None:
+    model = two_output_entry(sleep_s=0.03)
+    pixels = np.random.default_rng(1).integers(0, 256, (2000, 2000), np.uint8)
+    started = time.perf_counter()
+    result = segment(model, pixels, probabilities=True)
+    wall_ms = (time.perf_counter() - started) * 1000
+    preprocess, inference = result.timings_ms["preprocess"], result.timings_ms["inference"]
+    assert 27 <= inference <= wall_ms
+    # 4 million pixels converted, padded and normalised: far more than half a millisecond
+    assert 0.5 <= preprocess <= wall_ms - inference + 1
