@@ -58,3 +58,18 @@ def test_preprocess_and_inference_count_every_batch_once(pipelined: bool) -> Non
         assert inference >= RUN_S * 1000 * 0.9
     else:
         assert inference >= 4 * RUN_S * 1000 * 0.9
+
+
+def test_pipelined_inference_counts_the_waits_of_every_batch() -> None:
+    # Runs far longer than the tile preparation: each batch's wait is inference time,
+    # the last one's (after the loop) and the earlier ones' (inside it) alike.
+    spec = spec_for("threshold", "slow", labels_output=None)
+
+    def runner(output: str, x: np.ndarray) -> np.ndarray:
+        time.sleep(0.05)
+        return np.zeros((x.shape[0], 2, *x.shape[2:]), np.float32)
+
+    model = ModelEntry(file="slow.onnx", spec=spec, session=None, providers=["numpy"],
+                       runner=runner, pipelined_tiles=True)  # fmt: skip
+    result = segment_tiled(model, np.zeros((20, 20), np.uint8), TilePlan(8, 2, batch=4))
+    assert result.timings_ms["inference"] >= 3 * 50
