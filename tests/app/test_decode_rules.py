@@ -13,7 +13,7 @@ from PIL import Image
 
 from app.errors import InvalidImage, PayloadTooLarge
 from app.imaging import decode as decode_module
-from app.imaging.decode import decode_image
+from app.imaging.decode import declared_pixels, decode_image
 
 GREY = np.add.outer(np.arange(6) * 40, np.arange(7) * 3).astype(np.uint8)
 
@@ -66,3 +66,36 @@ def test_memory_running_out_is_413_with_its_text(monkeypatch: pytest.MonkeyPatch
     assert str(raised.value.detail) == (
         "the image needs more memory to decode than the server has free"
     )
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 5).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_the_plain_refusals_say_what_is_wrong() -> None:
+    with pytest.raises(InvalidImage) as raised:
+        decode_image(b"", 100)
+    assert str(raised.value.detail) == "the request carried no image data"
+    with pytest.raises(InvalidImage) as raised:
+        decode_image(b"plain text, not an image", 100)
+    assert str(raised.value.detail) == "the data is not an image in a supported format"
+    with pytest.raises(PayloadTooLarge) as too_large:
+        decode_image(png(7, 6), 41)
+    assert str(too_large.value.detail) == (
+        "the image declares 7x6 = 42 pixels; the limit is 41 (SEG_MAX_PIXELS)"
+    )
+
+
+def test_declared_pixels_reads_the_header_and_rewinds() -> None:
+    source = io.BytesIO(png(7, 6))
+    assert declared_pixels(source) == 42 and source.tell() == 0
+    garbage = io.BytesIO(b"plain text, not an image")
+    assert declared_pixels(garbage) == 0 and garbage.tell() == 0
+
+
+def test_declared_pixels_opens_only_the_accepted_formats() -> None:
+    buffer = io.BytesIO()
+    Image.new("L", (7, 6)).save(buffer, format="PPM")  # Pillow reads PPM; uploads may not
+    assert declared_pixels(io.BytesIO(buffer.getvalue())) == 0
