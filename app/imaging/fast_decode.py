@@ -82,7 +82,8 @@ def fast_png(opened: Image.Image, source: IO[bytes]) -> np.ndarray | None:
         return None
     width, height = opened.size
     colour_type, channels = _PLAIN_PNG[opened.mode]
-    data = _whole_file(source, 2 * height * width * len(channels or (1,)) + 65536)
+    samples = height * width * (channels[0] if channels else 1)
+    data = _whole_file(source, 2 * samples + 65536)  # a PNG past 2 bytes a sample: Pillow
     if data is None or not _plain_chunks(data, colour_type):
         return None
     try:

@@ -139,11 +139,10 @@ def png_of_size(size: int) -> bytes:
     return data
 
 
-def test_a_png_up_to_two_bytes_a_pixel_plus_64_kib_is_read_whole() -> None:
-    """The limit counts pixels, not samples: `len(channels or (1,))` is the length of the
-    trailing-shape tuple, 1 for L, RGB and RGBA alike."""
-    limit = 2 * 8 * 16 + 65536
+def test_a_png_up_to_two_bytes_a_sample_plus_64_kib_is_read_whole() -> None:
+    """The limit counts samples (pixels x channels): an RGB file may be 3x an L one."""
+    limit = 2 * 8 * 16 * 3 + 65536
     decoded = fast_png_of(png_of_size(limit))
     assert decoded is not None and decoded.shape == (8, 16, 3) and (decoded == 9).all()
     assert fast_png_of(png_of_size(limit + 1)) is None
-    assert fast_png_of(png_of_size(3 * 8 * 16 + 65536)) is None
+    assert fast_png_of(png_of_size(2 * 8 * 16 + 65536 + 1)) is not None  # past 2 a pixel
