@@ -199,3 +199,38 @@ def test_probabilities_alone_are_stitched() -> None:
     top = np.exp(10) / (np.exp(10) + K - 1)
     assert np.allclose(result.probabilities.max(axis=0), top, atol=1e-6)
     assert (result.probabilities.argmax(axis=0) == np.array(TWENTY)).all()
+
+
+class StrictRegions:
+    """An image read a region at a time that takes only integer bounds inside the image."""
+
+    def __init__(self, pixels: np.ndarray) -> None:
+        self.pixels = pixels
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.pixels.shape[0], self.pixels.shape[1]
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        bounds = (y0, y1, x0, x1)
+        assert all(isinstance(b, int) for b in bounds), bounds
+        assert 0 <= y0 < y1 <= self.shape[0] and 0 <= x0 < x1 <= self.shape[1], bounds
+        return self.pixels[y0:y1, x0:x1]
+
+
+@pytest.mark.parametrize(("height", "width"), [(9, 8), (8, 9), (12, 8), (8, 12), (9, 9)])
+@pytest.mark.parametrize("regions", [False, True])
+def test_tiles_at_a_thick_margin_mirror_the_whole_image(
+    height: int, width: int, regions: bool
+) -> None:
+    # multiple 8, tiles of 8: a margin of 7 (9 -> 16) or 4 (12 -> 16) is at least the
+    # tile's real rows there, so mirroring within the tile would differ from the image's.
+    spec = spec_for("threshold", "t", size_multiple=8)
+    pixels = (np.arange(height * width).reshape(height, width) * 2).astype(np.uint8)
+    source = TileSource(StrictRegions(pixels) if regions else pixels, spec, 8, 8)
+    rows = [*range(height), *range(height - 2, height - 2 - (-height) % 8, -1)]
+    cols = [*range(width), *range(width - 2, width - 2 - (-width) % 8, -1)]
+    for y in range(0, len(rows), 8):
+        for x in range(0, len(cols), 8):
+            expected = pixels[np.ix_(rows[y : y + 8], cols[x : x + 8])]
+            assert source.tile(y, x, 8, 8)[0].tolist() == expected.tolist(), (y, x)
