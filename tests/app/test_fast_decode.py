@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -264,6 +265,31 @@ SEEDS = [
 ]
 
 
+def assert_fast_path_agrees_with_pillow(
+    damaged: bytes, fast_decoder: Callable[[bytes], np.ndarray | None]
+) -> None:
+    """Whenever the direct decoder returns pixels, Pillow's path reads the file to the same
+    pixels; and decode_image answers exactly as Pillow's path does (pixels or a 4xx)."""
+    try:
+        reference: np.ndarray | None = decode_image_by_pillow(damaged)
+    except ProblemError:
+        reference = None
+    try:
+        fast = fast_decoder(damaged)
+    except Exception:  # Pillow refused the header: never reaches the direct decoder
+        fast = None
+    if fast is not None:
+        assert reference is not None and np.array_equal(fast, reference)
+    try:
+        answer: np.ndarray | None = decode_image(damaged, 10**6).pixels
+    except ProblemError:
+        answer = None
+    if answer is None or reference is None:
+        assert answer is None and reference is None
+    else:
+        assert np.array_equal(answer, reference)
+
+
 @PROPERTY
 @given(
     seed=st.sampled_from(range(len(SEEDS))),
@@ -282,25 +308,7 @@ def test_damaged_pngs_libspng_accepts_pillow_reads_the_same(
         data[offset % len(data)] = value
     if cut is not None:
         data = data[: max(cut % len(data), 8)]
-    damaged = _recrc(data) if fix_crc else bytes(data)
-    try:
-        reference: np.ndarray | None = decode_image_by_pillow(damaged)
-    except ProblemError:
-        reference = None
-    try:
-        fast = opened_fast(damaged)
-    except Exception:  # Pillow refused the header: never reaches libspng
-        fast = None
-    if fast is not None:
-        assert reference is not None and np.array_equal(fast, reference)
-    try:
-        answer: np.ndarray | None = decode_image(damaged, 10**6).pixels
-    except ProblemError:
-        answer = None
-    if answer is None or reference is None:
-        assert answer is None and reference is None
-    else:
-        assert np.array_equal(answer, reference)
+    assert_fast_path_agrees_with_pillow(_recrc(data) if fix_crc else bytes(data), opened_fast)
 
 
 # JPEG -----------------------------------------------------------------------------------
@@ -430,22 +438,4 @@ def test_damaged_jpegs_simplejpeg_accepts_pillow_reads_the_same(
         data[offset % len(data)] = value
     if cut is not None:
         data = data[: max(cut % len(data), 2)]
-    damaged = bytes(data)
-    try:
-        reference: np.ndarray | None = decode_image_by_pillow(damaged)
-    except ProblemError:
-        reference = None
-    try:
-        fast = opened_fast_jpeg(damaged)
-    except Exception:  # Pillow refused the header: never reaches simplejpeg
-        fast = None
-    if fast is not None:
-        assert reference is not None and np.array_equal(fast, reference)
-    try:
-        answer: np.ndarray | None = decode_image(damaged, 10**6).pixels
-    except ProblemError:
-        answer = None
-    if answer is None or reference is None:
-        assert answer is None and reference is None
-    else:
-        assert np.array_equal(answer, reference)
+    assert_fast_path_agrees_with_pillow(bytes(data), opened_fast_jpeg)
