@@ -42,6 +42,20 @@ class ModelNotFound(ProblemError):
     status, slug = 404, "model-not-found"
 
 
+class RepositoryOff(ProblemError):
+    """The repository API without SEG_ADMIN_KEYS: as if the routes were not there."""
+
+    status, slug = 404, "not-found"
+
+
+class AdminKeyRequired(ProblemError):
+    status, slug = 401, "unauthorized"
+
+
+class LoadFailed(ProblemError):
+    status, slug = 400, "load-failed"
+
+
 class PayloadTooLarge(ProblemError):
     status, slug = 413, "payload-too-large"
 

@@ -15,20 +15,8 @@ from fastapi import APIRouter, Body, Depends, Request
 from app.api.deps import RegistryDep
 from app.api.security import key_matches, presented_key
 from app.config import Settings
-from app.errors import V2_ERROR_CONTENT, ProblemError
+from app.errors import V2_ERROR_CONTENT, AdminKeyRequired, LoadFailed, RepositoryOff
 from app.inference.registry import ModelState, shown
-
-
-class RepositoryOff(ProblemError):
-    status, slug = 404, "not-found"
-
-
-class AdminKeyRequired(ProblemError):
-    status, slug = 401, "unauthorized"
-
-
-class LoadFailed(ProblemError):
-    status, slug = 400, "load-failed"
 
 
 def require_admin(request: Request) -> None:
