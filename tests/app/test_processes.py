@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
 from fastapi.testclient import TestClient
 
 from app.config import Device, Settings
@@ -184,8 +185,10 @@ def test_grpc_and_the_job_worker_run_in_one_process_jobs_queue_in_any(
     }
     with running_server(model_dir, **env) as (base, process):
         workers = wait_for(lambda: two_workers(base))
+        # /metrics lists a worker from its start, before its lifespan has opened the gRPC
+        # port: wait for the port as a client would.
         with triton.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
-            assert client.is_server_ready()
+            assert wait_for(lambda: grpc_ready(client))
         assert server_output(process).count("gRPC (Open Inference Protocol) on") == 1
 
         def submit_and_check(seed: int) -> None:
@@ -223,6 +226,16 @@ def test_grpc_and_the_job_worker_run_in_one_process_jobs_queue_in_any(
         process.kill()
         process.wait(timeout=10)
         wait_for(lambda: not any(alive(pid) for pid in workers), timeout=60)
+
+
+def grpc_ready(client: triton.InferenceServerClient) -> bool:
+    """ServerReady over gRPC; False while nothing listens yet."""
+    try:
+        return bool(client.is_server_ready())
+    except InferenceServerException as exc:
+        if "UNAVAILABLE" not in str(exc):
+            raise
+        return False
 
 
 def alive(pid: int) -> bool:
