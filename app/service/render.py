@@ -32,9 +32,7 @@ if TYPE_CHECKING:
 COUNTS_PLACEHOLDER = '"counts":[]'
 
 
-def check_renderable(
-    spec: ModelSpec, height: int, width: int, options: SegmentOptions, limits: Limits
-) -> None:
+def check_renderable(height: int, width: int, options: SegmentOptions, limits: Limits) -> None:
     """Refuse, before any inference, an answer that cannot fit the budget."""
     pixels = height * width
     if options.format == "json" and options.encoding == "list" and pixels > MAX_LIST_PIXELS:

@@ -93,12 +93,11 @@ def segment_file(
     """An encoded image (bytes or a seekable binary file) to the encoded answer `options`
     ask for. CPU work from start to end: callers run it in the inference executor."""
     started = time.perf_counter()
-    spec = model.spec
     source = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
 
     def renderable(width: int, height: int) -> None:
         # An answer too large for the budget is refused from the header, before decoding.
-        check_renderable(spec, height, width, options, limits)
+        check_renderable(height, width, options, limits)
 
     with tracing.span("decode") as decoding:
         image = decode_image(source, limits.max_pixels, renderable)
