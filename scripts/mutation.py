@@ -309,6 +309,14 @@ def write_report(
         f" of {sum(total.values())});"
         f" **{pct(score(total, equivalent))}** without the {equivalent} survivors named"
         " equivalent below.",
+    ]
+    if meta.get("reruns"):
+        out[-1] += (
+            f" {meta['reruns_killed']} of the killed verdicts are survivors of the run that"
+            f" tests written after it fail (`scripts/mutation_rerun.py` reran {meta['reruns']}"
+            " survivors against the tests as they were then, on the run's code)."
+        )
+    out += [
         "",
         "| module | mutants | killed | timeout | survived | no tests | score |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -380,11 +388,14 @@ def main() -> int:
     classify(survivors)
     import mutmut
 
+    reruns = [json.loads(f.read_text()) for f in sorted(tree.glob("reruns/*.json"))]
     meta = {
         **run,
         "mutmut": getattr(mutmut, "__version__", "3"),
         "children": args.max_children,
         "modules": args.modules,
+        "reruns": len(reruns),
+        "reruns_killed": sum(r["verdict"] == "killed" for r in reruns),
     }
     write_report(counts, survivors, tests, meta)
     print((REPORT_DIR / "report.md").read_text().split("\n\n")[2])

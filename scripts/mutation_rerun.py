@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Run a finished mutation run's survivors again, against the tests as they are now.
+
+    .venv/bin/python scripts/mutation_rerun.py [--modules GLOB ...] [--tests FILE ...]
+    .venv/bin/python scripts/mutation.py --report-only      # then re-read the run
+
+A run of scripts/mutation.py leaves its scratch copy (default /tmp/segserve-mutation): the
+mutated code of its commit and, per module, each mutant's exit code. Tests written for its
+survivors afterwards are measured here without a new run: the checkout's tests/ are copied
+over the scratch copy's (the code under test stays the run's), and each survivor in
+`--modules` that docs/mutation/equivalent.json does not name is run again, as mutmut runs
+it (`MUTANT_UNDER_TEST=<name> pytest -x` in mutants/), on the test files mutmut mapped to
+its function plus every test file added or changed since the run's commit (`--tests`
+replaces that choice). A survivor that the tests now fail is written back as killed, and
+the rerun is recorded in reruns/<name>.json beside the run (tests, exit code, date), so
+the report can say which verdicts came from a rerun. A rerun past `--timeout` seconds
+leaves the survivor as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EQUIVALENT = ROOT / "docs" / "mutation" / "equivalent.json"
+KILLED = 1  # pytest's "tests failed", as mutmut records a killed mutant
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def changed_tests(commit: str) -> set[str]:
+    """Test files added or changed since `commit`, committed or not."""
+    names = git("diff", "--name-only", commit, "--", "tests").splitlines()
+    names += git("ls-files", "--others", "--exclude-standard", "--", "tests").splitlines()
+    return {n for n in names if Path(n).name.startswith("test_") and (ROOT / n).exists()}
+
+
+def mapped_tests(stats: dict[str, list[str]], name: str) -> set[str]:
+    """The test files mutmut found reaching the mutated function."""
+    function = name.split("__mutmut_")[0]
+    return {test.split("::")[0] for test in stats.get(function, [])}
+
+
+def survivors(tree: Path, modules: list[str]) -> list[tuple[str, Path, str]]:
+    """(mutant name, its .meta file, its module) of every survivor in the modules matching
+    the globs."""
+    found = []
+    for meta in sorted((tree / "mutants").rglob("*.py.meta")):
+        module = meta.relative_to(tree / "mutants").as_posix().removesuffix(".meta")
+        if not any(fnmatch.fnmatch(module, pattern) for pattern in modules):
+            continue
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        found += [(name, meta, module) for name, code in codes.items() if code == 0]
+    return found
+
+
+def named_equivalent(tree: Path, pending: list[tuple[str, Path, str]]) -> set[str]:
+    """Survivors docs/mutation/equivalent.json names (by file, old and new line)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import mutation  # the report's own matching
+
+    known = json.loads(EQUIVALENT.read_text())
+    keys = {(entry["file"], entry["old"], entry["new"]) for entry in known}
+    by_file: dict[str, list[str]] = {}
+    for name, _, file in pending:
+        by_file.setdefault(file, []).append(name)
+    equivalent = set()
+    for file, group in by_file.items():
+        texts = mutation.diffs(tree, [(n, file) for n in group])
+        defs = mutation.function_lines(tree / file)
+        for name in group:
+            d = mutation.describe(name, file, texts[name], defs)
+            if (d["file"], d["old"], d["new"]) in keys:
+                equivalent.add(name)
+    return equivalent
+
+
+def rerun(tree: Path, name: str, tests: list[str], timeout: float) -> int | None:
+    """pytest's exit code with `name` active, or None past the timeout."""
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:randomly",
+               "-p", "no:cacheprovider", "-p", "tests.mutation_plugin", *tests]  # fmt: skip
+    env = {**os.environ, "MUTANT_UNDER_TEST": name, "CI": ""}
+    try:
+        done = subprocess.run(
+            command, cwd=tree / "mutants", env=env, capture_output=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    return done.returncode
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "segserve-mutation"
+    )
+    parser.add_argument("--modules", nargs="+", default=["app/*"], help="globs of modules")
+    parser.add_argument("--tests", nargs="+", help="test files (default: see above)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant")
+    args = parser.parse_args()
+    tree: Path = args.workdir
+    run = json.loads((tree / "mutation-run.json").read_text())
+    shutil.copytree(ROOT / "tests", tree / "mutants" / "tests", dirs_exist_ok=True)
+    stats = json.loads((tree / "mutants" / "mutmut-stats.json").read_text())
+    stats = stats["tests_by_mangled_function_name"]
+    added = changed_tests(run["commit"])
+    pending = survivors(tree, args.modules)
+    skip = named_equivalent(tree, pending)
+    records = tree / "reruns"
+    records.mkdir(exist_ok=True)
+    killed = 0
+    todo = [(name, meta) for name, meta, _ in pending if name not in skip]
+    print(f"{len(pending)} survivors, {len(skip)} named equivalent, {len(todo)} to rerun")
+    for number, (name, meta) in enumerate(todo, 1):
+        tests = args.tests or sorted(mapped_tests(stats, name) | added)
+        tests = [t for t in tests if (tree / "mutants" / t).exists()]
+        code = rerun(tree, name, tests, args.timeout) if tests else None
+        verdict = "killed" if code == KILLED else "timeout" if code is None else "survived"
+        print(f"[{number}/{len(todo)}] {name}: {verdict}", flush=True)
+        (records / f"{name}.json").write_text(json.dumps({
+            "name": name, "tests": tests, "exit_code": code, "verdict": verdict,
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "checkout": git("rev-parse", "--short=12", "HEAD"),
+        }, indent=1))  # fmt: skip
+        if code == KILLED:
+            killed += 1
+            document = json.loads(meta.read_text())
+            document["exit_code_by_key"][name] = KILLED
+            meta.write_text(json.dumps(document, indent=4))
+    print(f"{killed} of {len(todo)} killed by the tests as they are now")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
