@@ -14,7 +14,9 @@ its function plus every test file added or changed since the run's commit (`--te
 replaces that choice). A survivor that the tests now fail is written back as killed, and
 the rerun is recorded in reruns/<name>.json beside the run (tests, exit code, date), so
 the report can say which verdicts came from a rerun. A rerun past `--timeout` seconds
-leaves the survivor as it was.
+leaves the survivor as it was. `--timeouts` also reruns the mutants the run stopped at
+mutmut's time limit (on a loaded machine an ordinary test run can pass it, and mutmut
+counts a timeout as killed): each gets the verdict of its rerun, survived included.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 EQUIVALENT = ROOT / "docs" / "mutation" / "equivalent.json"
 KILLED = 1  # pytest's "tests failed", as mutmut records a killed mutant
+TIMEOUTS = {36, -24, 24, 152, 255}  # what mutmut records for a mutant it stopped
 
 
 def git(*args: str) -> str:
@@ -54,16 +57,19 @@ def mapped_tests(stats: dict[str, list[str]], name: str) -> set[str]:
     return {test.split("::")[0] for test in stats.get(function, [])}
 
 
-def survivors(tree: Path, modules: list[str]) -> list[tuple[str, Path, str]]:
-    """(mutant name, its .meta file, its module) of every survivor in the modules matching
-    the globs."""
+def survivors(
+    tree: Path, modules: list[str], timeouts: bool = False
+) -> list[tuple[str, Path, str]]:
+    """(mutant name, its .meta file, its module) of every survivor (and, with `timeouts`,
+    every mutant stopped at the time limit) in the modules matching the globs."""
     found = []
     for meta in sorted((tree / "mutants").rglob("*.py.meta")):
         module = meta.relative_to(tree / "mutants").as_posix().removesuffix(".meta")
         if not any(fnmatch.fnmatch(module, pattern) for pattern in modules):
             continue
         codes = json.loads(meta.read_text())["exit_code_by_key"]
-        found += [(name, meta, module) for name, code in codes.items() if code == 0]
+        wanted = {0} | (TIMEOUTS if timeouts else set())
+        found += [(name, meta, module) for name, code in codes.items() if code in wanted]
     return found
 
 
@@ -112,6 +118,7 @@ def main() -> int:
     parser.add_argument("--modules", nargs="+", default=["app/*"], help="globs of modules")
     parser.add_argument("--tests", nargs="+", help="test files (default: see above)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant")
+    parser.add_argument("--timeouts", action="store_true", help="rerun timed-out mutants too")
     args = parser.parse_args()
     tree: Path = args.workdir
     run = json.loads((tree / "mutation-run.json").read_text())
@@ -119,7 +126,7 @@ def main() -> int:
     stats = json.loads((tree / "mutants" / "mutmut-stats.json").read_text())
     stats = stats["tests_by_mangled_function_name"]
     added = changed_tests(run["commit"])
-    pending = survivors(tree, args.modules)
+    pending = survivors(tree, args.modules, args.timeouts)
     skip = named_equivalent(tree, pending)
     records = tree / "reruns"
     records.mkdir(exist_ok=True)
@@ -137,10 +144,11 @@ def main() -> int:
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "checkout": git("rev-parse", "--short=12", "HEAD"),
         }, indent=1))  # fmt: skip
-        if code == KILLED:
-            killed += 1
-            document = json.loads(meta.read_text())
-            document["exit_code_by_key"][name] = KILLED
+        document = json.loads(meta.read_text())
+        before = document["exit_code_by_key"][name]
+        if code == KILLED or (before in TIMEOUTS and code == 0):
+            killed += code == KILLED
+            document["exit_code_by_key"][name] = code
             meta.write_text(json.dumps(document, indent=4))
     print(f"{killed} of {len(todo)} killed by the tests as they are now")
     return 0
