@@ -43,7 +43,10 @@ class TiffRegions:
     def __init__(self, path: Path, cache_bytes: int = CACHE_BYTES) -> None:
         self.handle: BinaryIO = open(path, "rb")  # noqa: SIM115 (closed by close())
         try:
-            self.tif = tifffile.TiffFile(self.handle)
+            # OME-XML may name other files (any path on this machine) holding its planes:
+            # never follow them. The file's own first image is read; its XML still gives
+            # the pixel sizes (info).
+            self.tif = tifffile.TiffFile(self.handle, is_ome=False)
             self._open()
         except InvalidImage:
             self.close()
@@ -95,9 +98,9 @@ class TiffRegions:
             if tag is not None:
                 tags.append((code, int(tag.dtype), int(tag.count), tag.value))
         size = unit = None
-        ome = self.tif.ome_metadata
-        if ome:
-            size, unit = _ome_physical_size(ome)
+        description = self.tif.pages.first.description  # OME-XML, or anything else
+        if description:
+            size, unit = _ome_physical_size(description)
         return TiffInfo(tags, size, unit)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
