@@ -22,6 +22,9 @@ from app.imaging.masks.polygons import polygons
 # as in -1.23456789012e+24).
 MAP_POINT_BYTES = 2 * 19 + 4
 FEATURE_OVERHEAD_BYTES = 400
+# A ring's "[" and "]", its polygon's "[" and "]" and the commas before each, less the
+# comma its last point does not have.
+RING_BYTES = 4
 FLOAT_FORMAT = "%.12g"
 
 
@@ -52,10 +55,13 @@ def corner_visits(labels: np.ndarray, rows_per_band: int = 512) -> int:
 def geojson_size_bound(labels: np.ndarray, classes: int, georeferenced: bool) -> int:
     """Upper estimate of the answer's bytes (simplification only shrinks it)."""
     points = corner_visits(labels)
-    points += points // 4  # each ring of at least 4 points repeats its first
+    rings = points // 4  # every ring has at least 4 points
     digits = len(str(max(labels.shape)))
     per_point = MAP_POINT_BYTES if georeferenced else 2 * digits + 4
-    return points * per_point + classes * FEATURE_OVERHEAD_BYTES + 1024
+    # Each ring repeats its first point and adds at most RING_BYTES of brackets and commas
+    # (a one-ring polygon "[[...]]," of single pixels: an isolated-pixel map needs them).
+    points += rings
+    return points * per_point + rings * RING_BYTES + classes * FEATURE_OVERHEAD_BYTES + 1024
 
 
 def _ring_text(ring: np.ndarray, georef: GeoReference | None) -> str:
