@@ -134,3 +134,19 @@ def test_polygons_fill_back_to_their_masks() -> None:
         for polygon in polygons(mask):
             assert ring_area(polygon[0]) > 0
             assert all(ring_area(hole) < 0 for hole in polygon[1:])
+
+
+def test_a_row_of_holes_all_belong_to_their_region() -> None:
+    # Seven one-pixel holes in a row: scanning left from each hole meets the hole before
+    # it, so the last one reaches the outer ring only through six others.
+    mask = np.ones((3, 15), bool)
+    mask[1, 1:15:2] = False
+    rings = trace(mask)
+    outer = int(np.flatnonzero(rings.areas > 0)[0])
+    assert rings.areas.tolist().count(-1) == 7
+    assert rings.parents.tolist() == [outer] * 8
+    (polygon,) = polygons(mask)
+    assert canonical(polygon[0]) == [(0, 0), (15, 0), (15, 3), (0, 3)]
+    holes = sorted(canonical(hole) for hole in polygon[1:])
+    assert holes == [[(x, 1), (x, 2), (x + 1, 2), (x + 1, 1)] for x in range(1, 15, 2)]
+    assert np.array_equal(filled(mask), mask)
