@@ -33,9 +33,9 @@ def fill(polygon: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     return inside
 
 
-def filled(mask: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
+def filled(mask: np.ndarray) -> np.ndarray:
     out = np.zeros(mask.shape, bool)
-    for polygon in polygons(mask, tolerance):
+    for polygon in polygons(mask):
         piece = fill(polygon, mask.shape)
         assert not (out & piece).any()  # polygons never overlap
         out |= piece
