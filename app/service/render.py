@@ -128,10 +128,10 @@ def _mask_answer(
     header = {"model": {"name": spec.name, "version": spec.version}, "width": width,
               "height": height}  # fmt: skip
     if options.format == "coco":
-        size = coco_size_bound(labels, len(spec.classes))
+        size = coco_size_bound(labels, spec.classes)
         check_answer(size, f"the COCO RLE of {width}x{height}", limits, "use format=png")
         return coco_document(labels, spec.classes, header), "application/json"
-    size = geojson_size_bound(labels, len(spec.classes), georef is not None)
+    size = geojson_size_bound(labels, spec.classes, georef is not None)
     check_answer(size, f"the GeoJSON polygons of {width}x{height}", limits,
                  "use format=png or format=coco")  # fmt: skip
     body = feature_collection(labels, spec.classes, options.simplify, georef, header)

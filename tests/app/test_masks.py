@@ -363,9 +363,9 @@ def test_size_bounds_hold(labels: np.ndarray) -> None:
     header = {"model": {"name": "x" * 40, "version": "1.0.0"}, "width": 1, "height": 1}
     from app.imaging.masks.coco import coco_document
 
-    assert len(coco_document(labels, classes, header)) <= coco_size_bound(labels, len(classes))
+    assert len(coco_document(labels, classes, header)) <= coco_size_bound(labels, classes)
     exact = feature_collection(labels, classes, 0.0, None, header)
-    assert len(exact) <= geojson_size_bound(labels, len(classes), False)
+    assert len(exact) <= geojson_size_bound(labels, classes, False)
 
 
 @pytest.mark.parametrize("labels", all_maps(), ids=lambda m: f"{m.shape}")

@@ -85,13 +85,13 @@ def test_the_rle_json_over_the_budget_names_itself_and_the_way_out() -> None:
 def test_geojson_is_sized_for_pixel_or_map_coordinates() -> None:
     """The estimate for pixel coordinates is the smaller one: a budget of exactly that
     passes without a georeference and refuses with one."""
-    pixel_bound = geojson_size_bound(LABELS, 3, False)
-    assert geojson_size_bound(LABELS, 3, True) > pixel_bound  # the precondition
+    pixel_bound = geojson_size_bound(LABELS, SPEC.classes, False)
+    assert geojson_size_bound(LABELS, SPEC.classes, True) > pixel_bound  # the precondition
     body, _ = answer("geojson", tight(pixel_bound))
     assert json.loads(body)["type"] == "FeatureCollection"
     with pytest.raises(AnswerTooLarge):
         answer("geojson", tight(pixel_bound), GEOREF)
-    body, _ = answer("geojson", tight(geojson_size_bound(LABELS, 3, True)), GEOREF)
+    body, _ = answer("geojson", tight(geojson_size_bound(LABELS, SPEC.classes, True)), GEOREF)
     assert json.loads(body)["type"] == "FeatureCollection"
 
 

@@ -10,6 +10,7 @@ continuation bit (0x20), sign-extended by the group's 0x10 bit, plus 48 (ASCII '
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -91,10 +92,12 @@ def coco_entries(labels: np.ndarray, classes: list[str]) -> list[dict[str, Any]]
     return entries
 
 
-def coco_size_bound(labels: np.ndarray, classes: int) -> int:
-    """Upper estimate of the COCO answer's bytes, found without encoding."""
-    runs = run_count_bound(column_major(labels), classes)
-    return runs * MAX_CHARS_PER_RUN + classes * ENTRY_OVERHEAD_BYTES + 1024
+def coco_size_bound(labels: np.ndarray, classes: Sequence[str]) -> int:
+    """Upper estimate of the COCO answer's bytes, found without encoding: the categories
+    list and each present class's annotation write its name (as a JSON string)."""
+    runs = run_count_bound(column_major(labels), len(classes))
+    names = sum(len(json.dumps(name)) for name in classes)
+    return runs * MAX_CHARS_PER_RUN + len(classes) * ENTRY_OVERHEAD_BYTES + 2 * names + 1024
 
 
 def coco_document(labels: np.ndarray, classes: list[str], header: dict[str, Any]) -> bytes:

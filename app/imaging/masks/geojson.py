@@ -10,7 +10,7 @@ The text is built ring by ring: no Python list of every coordinate is held.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,8 +52,9 @@ def corner_visits(labels: np.ndarray, rows_per_band: int = 512) -> int:
     return visits3 // 3
 
 
-def geojson_size_bound(labels: np.ndarray, classes: int, georeferenced: bool) -> int:
-    """Upper estimate of the answer's bytes (simplification only shrinks it)."""
+def geojson_size_bound(labels: np.ndarray, classes: Sequence[str], georeferenced: bool) -> int:
+    """Upper estimate of the answer's bytes (simplification only shrinks it); each present
+    class's feature writes its name (as a JSON string) once."""
     points = corner_visits(labels)
     rings = points // 4  # every ring has at least 4 points
     digits = len(str(max(labels.shape)))
@@ -61,7 +62,9 @@ def geojson_size_bound(labels: np.ndarray, classes: int, georeferenced: bool) ->
     # Each ring repeats its first point and adds at most RING_BYTES of brackets and commas
     # (a one-ring polygon "[[...]]," of single pixels: an isolated-pixel map needs them).
     points += rings
-    return points * per_point + rings * RING_BYTES + classes * FEATURE_OVERHEAD_BYTES + 1024
+    names = sum(len(json.dumps(name)) for name in classes)
+    features = len(classes) * FEATURE_OVERHEAD_BYTES + names
+    return points * per_point + rings * RING_BYTES + features + 1024
 
 
 def _ring_text(ring: np.ndarray, georef: GeoReference | None) -> str:
