@@ -126,3 +126,14 @@ def test_refusal_lists_at_most_twenty_labels() -> None:
         "no <Label> of <BrushLabels name='paint'> names a class of this model "
         f"(labels {offered}, classes ['red'])"
     )
+
+
+def test_a_comment_after_a_lone_angle_bracket_is_not_a_declaration() -> None:
+    """`<` then a comment: the text holds "<!" only as the comment's opening, which the
+    check must not take for a DOCTYPE (removing "<!--" first would join "<" and "!")."""
+    config = (
+        '<?x <<!--! ?><View><Image name="i" value="$img"/>'
+        '<BrushLabels name="t" toName="i"><Label value="cell"/></BrushLabels></View>'
+    )
+    target = brush_target(config, ["membrane", "cell"])
+    assert (target.from_name, target.data_key) == ("t", "img")

@@ -10,6 +10,7 @@ it points to names the task's data key (value="$image").
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ import numpy as np
 
 from app.imaging.masks.brush import brush_rle, brush_size_bound
 
+# "<!" that does not open a comment: a DOCTYPE, ENTITY or CDATA section.
+DECLARATION = re.compile(r"<!(?!--)")
 MAX_CONFIG_CHARS = 256 * 1024
 # JSON bytes of one RLE byte at most ("255,"), and of a result around its RLE.
 JSON_BYTES_PER_RLE_BYTE = 4
@@ -43,7 +46,7 @@ def brush_target(label_config: str | None, classes: list[str]) -> BrushTarget:
         return BrushTarget("tag", "image", "image", dict(enumerate(classes)))
     if len(label_config) > MAX_CONFIG_CHARS:
         raise LabelConfigError(f"the labeling config is over {MAX_CONFIG_CHARS} characters")
-    if "<!" in label_config.replace("<!--", ""):
+    if DECLARATION.search(label_config):
         raise LabelConfigError("the labeling config may not declare a DOCTYPE or entities")
     try:
         root = ElementTree.fromstring(label_config)
