@@ -58,3 +58,17 @@ def test_the_class_map_alone_is_served(tiled: bool) -> None:
     pixels = np.zeros((20, 20), np.uint8)
     result = segment_tiled(model, pixels, TilePlan(16, 4)) if tiled else segment(model, pixels)
     assert result.labels.shape == (20, 20) and set(runs) == {"labels"}
+
+
+def test_the_refusal_says_what_to_ask_for_instead() -> None:
+    """The 422's detail is all a client gets: it names the model and the ways to get a
+    class map from it, word for word."""
+    model, _ = labels_only()
+    with pytest.raises(ScoresUnavailable) as refused:
+        segment(model, np.zeros((20, 20), np.uint8), tta=True)
+    assert refused.value.detail == (
+        f"model 'labels-only' version {model.spec.version} answers class labels only (its "
+        "graph has no per-class scores output), so tta cannot be computed: ask for the class "
+        "map alone (format png, json, overlay, coco or geojson; the v2 output 'labels') "
+        "without tta"
+    )

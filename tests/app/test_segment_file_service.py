@@ -5,9 +5,11 @@ tile count, the decode time is counted in milliseconds, the decode span names th
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,12 +17,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from PIL import Image
+from rasterio.transform import from_origin
 
 from app import tracing
 from app.inference.model_entry import ModelEntry
 from app.inference.pipeline import Stopped
 from app.service.budget import Limits
 from app.service.segmenting import SegmentOptions, infer_pixels, segment_file
+from tests.app.test_masks import write_geotiff
 from tests.app.tiny_models import spec_for
 
 LIMITS = Limits(max_pixels=10**6, whole_image_max_pixels=400, max_answer_bytes=10**7)
@@ -110,3 +114,20 @@ def test_decode_and_encode_spans_name_the_size_and_format(spans: InMemorySpanExp
     by_name = {s.name: dict(s.attributes or {}) for s in spans.get_finished_spans()}
     assert by_name["decode"] == {"segserve.image.width": 13, "segserve.image.height": 10}
     assert by_name["encode"] == {"segserve.format": "json"}
+
+
+def test_geotiff_bytes_are_read_for_their_georeference(tmp_path: Path) -> None:
+    """segment_file takes encoded bytes as well as a file (jobs and /v2 pass bytes): the
+    GeoJSON of a GeoTIFF given as bytes is in its map coordinates, not in pixels."""
+    model, _ = threshold_entry()
+    pixels = np.zeros((8, 10), np.uint8)
+    pixels[2:6, 3:7] = 200
+    tiff = write_geotiff(tmp_path / "in.tif", pixels, "EPSG:32633",
+                         from_origin(500_000.0, 4_600_000.0, 10.0, 10.0))  # fmt: skip
+    result = segment_file(model, tiff, SegmentOptions(format="geojson"), LIMITS)
+    collection = json.loads(result.body)
+    assert collection["coordinate_space"] == "map"
+    assert collection["crs"]["properties"]["name"].endswith("32633")
+    square = next(f for f in collection["features"] if f["properties"]["class_index"] == 1)
+    xs = {x for ring in square["geometry"]["coordinates"][0] for x, _ in ring}
+    assert xs == {500_030.0, 500_070.0}  # columns 3 to 7 at 10 m from x = 500,000

@@ -290,3 +290,19 @@ def test_resuming_rounds_down_to_a_whole_batch(registry: ModelRegistry) -> None:
                   on_progress=lambda done, total: seen.append((done, total)))  # fmt: skip
     assert seen[0][0] == 6  # tiles 3-5 again (the batch holding tile 5), then on
     assert seen[-1][0] == seen[-1][1]
+
+
+def test_choose_plan_refusals_say_what_to_change() -> None:
+    """Each 400's detail names the limit or the rule and the parameter to change."""
+    spec = spec_for("threshold", "t", size_multiple=8, tile={"size": 256, "overlap": 32})
+    details = []
+    for size, bad in [(2000, ("off", None, None)), (10, ("on", 60, 8)), (10, ("on", 64, 32))]:
+        with pytest.raises(InvalidParameter) as refused:
+            choose_plan(spec, size, size, 10**6, *bad)  # type: ignore[arg-type]
+        details.append(refused.value.detail)
+    assert details == [
+        "tiling=off allows at most 1000000 pixels (padded to the size multiple 8) in one "
+        "pass; use tiling=auto",
+        "tile_size and tile_overlap must be multiples of 8 for this model",
+        "tile_overlap must be less than half of tile_size",
+    ]
