@@ -22,8 +22,8 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from tritonclient.utils import InferenceServerException
 from fastapi.testclient import TestClient
+from tritonclient.utils import InferenceServerException
 
 from app.config import Device, Settings
 from app.jobs.manager import JobManager
