@@ -1,7 +1,7 @@
 """Douglas-Peucker on rings (app.imaging.masks.simplify) and through polygons(): what a
-tolerance keeps, checked against hand-worked outlines and against a plain recursive
-Douglas-Peucker written here, also on rings scaled below the pixel (chords shorter than 1)
-with the tolerance scaled alike, which must keep the same points."""
+tolerance keeps, checked against hand-worked outlines and against the plain recursive
+Douglas-Peucker of tests/app/test_masks.py, also on rings scaled below the pixel (chords
+shorter than 1) with the tolerance scaled alike, which must keep the same points."""
 
 from __future__ import annotations
 
@@ -9,38 +9,7 @@ import numpy as np
 
 from app.imaging.masks.polygons import polygons, ring_area, trace
 from app.imaging.masks.simplify import simplify_rings
-
-
-def reference(ring: np.ndarray, tolerance: float) -> np.ndarray:
-    """Recursive Douglas-Peucker of a closed ring split at its first point and the point
-    farthest from it (the first such point), distances to the chord's line."""
-    points = ring.astype(float)
-    closed = np.concatenate((points, points[:1]))
-    far = int(np.argmax(np.hypot(*(points - points[0]).T)))
-    keep = {0, far, closed.shape[0] - 1}
-
-    def split(first: int, last: int) -> None:
-        if last - first < 2:
-            return
-        a, b = closed[first], closed[last]
-        inner = closed[first + 1 : last]
-        chord = b - a
-        length = float(np.hypot(*chord))
-        if length == 0.0:
-            distances = np.hypot(*(inner - a).T)
-        else:
-            rel = inner - a
-            distances = np.abs(chord[0] * rel[:, 1] - chord[1] * rel[:, 0]) / length
-        worst = int(np.argmax(distances))
-        if distances[worst] > tolerance:
-            keep.add(first + 1 + worst)
-            split(first, first + 1 + worst)
-            split(first + 1 + worst, last)
-
-    split(0, far)
-    split(far, closed.shape[0] - 1)
-    kept = ring[sorted(i for i in keep if i < ring.shape[0])]
-    return kept if kept.shape[0] >= 3 else kept[:0]
+from tests.app.test_masks import recursive_douglas_peucker
 
 
 def traced_rings() -> list[np.ndarray]:
@@ -95,7 +64,7 @@ def test_simplification_keeps_the_recursive_points_at_any_scale() -> None:
             scaled = [ring * scale for ring in rings]
             fast = simplify_rings(scaled, tolerance * scale)
             for ring, got in zip(scaled, fast, strict=True):
-                assert np.array_equal(got, reference(ring, tolerance * scale))
+                assert np.array_equal(got, recursive_douglas_peucker(ring, tolerance * scale))
             # The same points whatever the scale: tolerance and coordinates scale alike,
             # also where chords get shorter than 1.
             for got, base in zip(fast, unscaled, strict=True):

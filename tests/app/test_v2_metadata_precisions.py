@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 
 from app.config import Device, Settings
 from app.errors import ScoresUnavailable
-from app.inference.model_entry import ModelEntry
 from app.main import create_app
 from app.service import v2_infer
 from tests.app.conftest import wait_ready
+from tests.app.test_labels_only_refusals_by_name import labels_only
 from tests.app.tiny_models import spec_for, write_model
 
 
@@ -45,20 +45,6 @@ def test_v2_metadata_parameters_name_the_precision_and_every_variant(
         "precisions": ["fp32", "int8"],
     }
     assert listed["precisions"] == ["fp32", "int8"]  # /v1 and /v2 agree
-
-
-def labels_only() -> tuple[ModelEntry, list[str]]:
-    """A 2-class model whose graph answers labels only; `runs` records each session run."""
-    spec = spec_for("threshold", "labels-only", logits_output=None, labels_output="labels")
-    runs: list[str] = []
-
-    def runner(output: str, x: np.ndarray) -> np.ndarray:
-        runs.append(output)
-        return np.zeros((x.shape[0], *x.shape[2:]), np.uint8)
-
-    entry = ModelEntry(file="lo.onnx", spec=spec, session=None, providers=["numpy"],
-                       runner=runner)  # fmt: skip
-    return entry, runs
 
 
 # 20 x 20 pixels: binary labels take 400 bytes (under the 1024-byte limit), binary
