@@ -32,16 +32,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-EQUIVALENT = ROOT / "docs" / "mutation" / "equivalent.json"
+from mutation import ROOT, classify, describe, diffs, function_lines, git, status_of
+
 KILLED = 1  # pytest's "tests failed", as mutmut records a killed mutant
-TIMEOUTS = {36, -24, 24, 152, 255}  # what mutmut records for a mutant it stopped
-
-
-def git(*args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout.strip()
 
 
 def changed_tests(commit: str) -> set[str]:
@@ -68,30 +61,23 @@ def survivors(
         if not any(fnmatch.fnmatch(module, pattern) for pattern in modules):
             continue
         codes = json.loads(meta.read_text())["exit_code_by_key"]
-        wanted = {0} | (TIMEOUTS if timeouts else set())
-        found += [(name, meta, module) for name, code in codes.items() if code in wanted]
+        wanted = {"survived", "timeout"} if timeouts else {"survived"}
+        found += [(n, meta, module) for n, code in codes.items() if status_of(code) in wanted]
     return found
 
 
 def named_equivalent(tree: Path, pending: list[tuple[str, Path, str]]) -> set[str]:
-    """Survivors docs/mutation/equivalent.json names (by file, old and new line)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import mutation  # the report's own matching
-
-    known = json.loads(EQUIVALENT.read_text())
-    keys = {(entry["file"], entry["old"], entry["new"]) for entry in known}
+    """Survivors docs/mutation/equivalent.json names, matched as the report matches them."""
     by_file: dict[str, list[str]] = {}
     for name, _, file in pending:
         by_file.setdefault(file, []).append(name)
-    equivalent = set()
+    described: list[dict[str, object]] = []
     for file, group in by_file.items():
-        texts = mutation.diffs(tree, [(n, file) for n in group])
-        defs = mutation.function_lines(tree / file)
-        for name in group:
-            d = mutation.describe(name, file, texts[name], defs)
-            if (d["file"], d["old"], d["new"]) in keys:
-                equivalent.add(name)
-    return equivalent
+        texts = diffs(tree, [(n, file) for n in group])
+        defs = function_lines(tree / file)
+        described += [describe(n, file, texts[n], defs) for n in group]
+    classify(described)
+    return {str(d["name"]) for d in described if "equivalent" in d}
 
 
 def rerun(tree: Path, name: str, tests: list[str], timeout: float) -> int | None:
@@ -146,7 +132,7 @@ def main() -> int:
         }, indent=1))  # fmt: skip
         document = json.loads(meta.read_text())
         before = document["exit_code_by_key"][name]
-        if code == KILLED or (before in TIMEOUTS and code == 0):
+        if code == KILLED or (status_of(before) == "timeout" and code == 0):
             killed += code == KILLED
             document["exit_code_by_key"][name] = code
             meta.write_text(json.dumps(document, indent=4))
