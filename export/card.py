@@ -76,23 +76,40 @@ def measure_latency(
 
 def training_recipe(checkpoint: dict[str, Any]) -> str:
     """The stages that made the checkpoint, first to last (fine-tuning runs name their
-    parent checkpoint's recipe through `parent`)."""
+    parent checkpoint's recipe through `parent`; a run fine-tuned from an exported ONNX
+    file carries the stages of that file's model card, models/onnx_weights.onnx_lineage)."""
     stages = []
     node: dict[str, Any] | None = checkpoint
     while node:
         stages.append(node)
         node = node.get("parent")
-    lines = []
-    for number, stage in enumerate(reversed(stages), 1):
+    ordered = stages[::-1]
+    lines: list[str] = []
+    for i, stage in enumerate(ordered):
+        if "onnx" in stage:  # a shipped file: its card's stages, then the runs from it
+            lines.extend(stage.get("card_stages") or [])
+            continue
+        number = len(lines) + 1
         cfg = stage.get("config") or {}
-        skip = ("data_root", "out_dir", "resume", "init_from")
+        skip = ("data_root", "out_dir", "resume", "init_from", "init_from_onnx")
         recipe = ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in skip)
-        how = "fine-tuned from stage " + str(number - 1) if cfg.get("init_from") else "from scratch"
+        if cfg.get("init_from_onnx"):
+            parent = (ordered[i - 1].get("onnx") if i else None) or {}
+            how = f"fine-tuned from {parent.get('name')} {parent.get('version')}"
+            how += f" (stage {number - 1})" if number > 1 else f" ({cfg['init_from_onnx']})"
+        elif cfg.get("init_from"):
+            how = f"fine-tuned from stage {number - 1}"
+        else:
+            how = "from scratch"
         minutes = (stage.get("train_seconds") or 0) / 60
-        threads = int(cfg.get("threads", 1))
-        cpu = f"{threads} CPU thread" + ("s" if threads != 1 else "")
+        device = str(stage.get("device") or "cpu")
+        if device == "cpu":
+            threads = int(cfg.get("threads", 1))
+            where = f"{threads} CPU thread" + ("s" if threads != 1 else "")
+        else:
+            where = device
         lines.append(
-            f"{number}. {how}, {minutes:.0f} minutes on {cpu} up to its best epoch, "
+            f"{number}. {how}, {minutes:.0f} minutes on {where} up to its best epoch, "
             f"{stage.get('epoch')}: {recipe}."
         )
     return "\n".join(lines)

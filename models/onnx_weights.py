@@ -16,8 +16,11 @@ batch statistics) starts near it too.
 from __future__ import annotations
 
 import itertools
+import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -129,3 +132,34 @@ def recalibrate_batch_norm(model: nn.Module, batches: Iterable[torch.Tensor]) ->
         norm.running_mean.copy_(mean)
         norm.running_var.copy_(var)
     return model
+
+
+SPEC_KEY = "segserve.spec"  # app/spec.py's metadata key (app stays out of models/)
+STAGE_LINE = re.compile(r"^\d+\. ")
+
+
+def onnx_lineage(path: Path) -> dict[str, Any]:
+    """What a run fine-tuned from an exported ONNX file started from, for the model card:
+    the file, the name and version its spec gives, and the training stages listed by the
+    model card beside it (`<name>.md`, section "Training recipe"; none when absent)."""
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    spec = json.loads(props[SPEC_KEY]) if SPEC_KEY in props else {}
+    name = spec.get("name") or path.name.split(".")[0]
+    stages: list[str] = []
+    card = path.with_name(f"{name}.md")
+    if card.is_file():
+        section = card.read_text(encoding="utf-8").split("## Training recipe", 1)
+        body = section[1].split("\n## ", 1)[0] if len(section) == 2 else ""
+        for line in body.strip().splitlines():
+            line = line.strip()
+            if STAGE_LINE.match(line) or (line and not stages):
+                # an older card's single stage is not numbered
+                stages.append(line if STAGE_LINE.match(line) else f"1. {line}")
+            elif line:
+                stages[-1] += f" {line}"  # a stage wrapped over lines
+    return {
+        "config": {"weights": str(path)},
+        "onnx": {"path": str(path), "name": name, "version": spec.get("version")},
+        "card_stages": stages,
+    }

@@ -40,7 +40,7 @@ from models.accel import (
 from models.datasets import DEFAULT_DATA_ROOT, EpochSampler
 from models.gpu_augment import GpuAugment
 from models.losses import weighted_cross_entropy
-from models.onnx_weights import load_onnx_weights, recalibrate_batch_norm
+from models.onnx_weights import load_onnx_weights, onnx_lineage, recalibrate_batch_norm
 from models.plots import plot_curves
 from models.predict import validate
 from models.registry import build_model, size_multiple
@@ -155,7 +155,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     elif cfg.init_from_onnx:
         load_onnx_weights(model, Path(cfg.init_from_onnx))
         recalibrate_batch_norm(model, first_batches(data.train, 4, cfg.batch_size))
-        state["parent"] = {"config": {"weights": cfg.init_from_onnx}}
+        state["parent"] = onnx_lineage(Path(cfg.init_from_onnx))
         print(f"weights from {cfg.init_from_onnx}")
     model = prepare_model(model, device, cfg.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -322,7 +322,7 @@ def _device_name(device: torch.device) -> str:
 def lineage(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """What a fine-tuning run started from: the parent's recipe, time, best epoch and its
     own parent."""
-    keys = ("config", "train_seconds", "epoch", "parent")
+    keys = ("config", "train_seconds", "epoch", "device", "parent")
     return {k: checkpoint.get(k) for k in keys}
 
 

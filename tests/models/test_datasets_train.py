@@ -3,6 +3,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -16,8 +17,9 @@ from models.datasets import (
 )
 from models.evaluate import main as evaluate
 from models.losses import weighted_cross_entropy
+from models.onnx_weights import onnx_lineage
 from models.registry import build_model
-from models.train import TrainConfig, lr_at, train
+from models.train import TrainConfig, lineage, lr_at, train
 
 needs_data = pytest.mark.shared_data  # tests/conftest.py: skips outside CI when missing
 
@@ -145,6 +147,71 @@ def test_training_recipe_reads_each_stages_threads_and_time() -> None:
         "1. from scratch, 10 minutes on 1 CPU thread up to its best epoch, 7: threads=1, lr=0.002.",
         "2. fine-tuned from stage 1, 30 minutes on 2 CPU threads up to its best epoch, 12: "
         "threads=2, lr=0.0005.",
+    ]
+
+
+def test_a_run_fine_tuned_from_a_shipped_file_continues_its_cards_stages() -> None:
+    shipped = {
+        "config": {"weights": "app/shipped_models/m.onnx"},
+        "onnx": {"path": "app/shipped_models/m.onnx", "name": "m", "version": "1.2.0"},
+        "card_stages": ["1. from scratch, a.", "2. fine-tuned from stage 1, b."],
+    }
+    child = {
+        "config": {"threads": 1, "lr": 0.001, "init_from_onnx": "app/shipped_models/m.onnx"},
+        "train_seconds": 1200,
+        "epoch": 9,
+        "device": "cpu",
+        "parent": shipped,
+    }
+    grandchild = {
+        "config": {"lr": 0.0001, "init_from": "runs/x/best.pt"},
+        "train_seconds": 300,
+        "epoch": 2,
+        "device": "NVIDIA H200",
+        "parent": lineage(child),
+    }
+    assert training_recipe(grandchild).splitlines() == [
+        "1. from scratch, a.",
+        "2. fine-tuned from stage 1, b.",
+        "3. fine-tuned from m 1.2.0 (stage 2), 20 minutes on 1 CPU thread up to its best "
+        "epoch, 9: threads=1, lr=0.001.",
+        "4. fine-tuned from stage 3, 5 minutes on NVIDIA H200 up to its best epoch, 2: lr=0.0001.",
+    ]
+    shipped["card_stages"] = []  # a file without a card: the run is the first stage known
+    assert training_recipe(child).startswith(
+        "1. fine-tuned from m 1.2.0 (app/shipped_models/m.onnx), 20 minutes"
+    )
+
+
+def _onnx_with_spec(path: Path, spec: dict[str, object]) -> None:
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    model = onnx.helper.make_model(graph)
+    onnx.helper.set_model_props(model, {"segserve.spec": json.dumps(spec)})
+    onnx.save(model, str(path))
+
+
+def test_onnx_lineage_reads_the_spec_and_the_cards_stages(tmp_path: Path) -> None:
+    path = tmp_path / "m.int8.onnx"
+    _onnx_with_spec(path, {"name": "m", "version": "2.0.0"})
+    assert onnx_lineage(path)["card_stages"] == []  # no card beside it
+    (tmp_path / "m.md").write_text(
+        "# m 2.0.0\n\n## Training recipe\n1. from scratch, 10 minutes:\n  lr=0.002.\n"
+        "2. fine-tuned from stage 1, b.\n\n## Validation metrics\n1. not a stage\n"
+    )
+    lineage_ = onnx_lineage(path)
+    assert lineage_["onnx"] == {"path": str(path), "name": "m", "version": "2.0.0"}
+    assert lineage_["config"] == {"weights": str(path)}
+    assert lineage_["card_stages"] == [
+        "1. from scratch, 10 minutes: lr=0.002.",
+        "2. fine-tuned from stage 1, b.",
+    ]
+    (tmp_path / "m.md").write_text(  # the oldest cards: one unnumbered stage
+        "## Training recipe\nTrained from scratch on 1 CPU thread\n(best epoch 40): lr=0.002.\n"
+    )
+    assert onnx_lineage(path)["card_stages"] == [
+        "1. Trained from scratch on 1 CPU thread (best epoch 40): lr=0.002."
     ]
 
 
