@@ -5,14 +5,16 @@ the INT8/FP16 variants of a shipped file instead (export/quantize.py), and
 `python -m export uint8-input FILE...` re-ships a float-input file as a uint8-input one
 (export/uint8_input.py).
 
-Writes `<name>.onnx` (metadata inside), `<name>.md` (model card) and
-`<name>-examples.png`, after `onnx.checker` and a parity check against torch on real
-validation images; exits non-zero when parity fails.
+Writes `<name>.onnx` (metadata inside), `<name>.md` (model card), `<name>-examples.png`
+and `<name>-curves.png` (the run's training curves, when beside the checkpoint), after
+`onnx.checker` and a parity check against torch on real validation images; exits non-zero
+when parity fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -96,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         args.out / example,
         title=f"{task.name} on validation images",
     )
+    curves = args.checkpoint.parent / "curves.png"  # models.train draws it beside best.pt
+    curves_png = f"{task.name}-curves.png" if curves.is_file() else ""
+    if curves_png:
+        shutil.copyfile(curves, args.out / curves_png)
     shape = TYPICAL_SHAPES[task.name]
     write_card(
         args.out / f"{task.name}.md",
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         parity=parity,
         onnx_bytes=onnx_path.stat().st_size,
         example_png=example,
+        curves_png=curves_png,
     )
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB) and its model card")
     return 0

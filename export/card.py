@@ -126,7 +126,9 @@ def write_card(
     parity: ParityReport,
     onnx_bytes: int,
     example_png: str,
+    curves_png: str = "",
 ) -> None:
+    """`curves_png`: the last training stage's curves beside the card, when there are."""
     metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(spec.metrics.items()))
     views = int((checkpoint.get("config") or {}).get("val_views", 1))
     scored = f", each image scored under {views} flips/rotations, averaged" if views > 1 else ""
@@ -165,6 +167,12 @@ max |logit difference| {parity.max_abs_logit_diff:.2e} (limit 1e-4), argmax agre
 
 ## Example predictions (validation)
 ![examples]({example_png})
+"""
+    if curves_png:
+        stage = len(training_recipe(checkpoint).splitlines())
+        text += f"""
+## Training curves (stage {stage}: loss, learning rate, validation metrics)
+![curves]({curves_png})
 """
     path.write_text(text)
 

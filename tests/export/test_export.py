@@ -112,3 +112,19 @@ def test_card_tells_how_the_validation_metrics_were_scored(
     assert "| pixel_error | 0.0700 |" in text
     assert "2 minutes on 2 CPU threads up to its best epoch, 3" in text
     assert ("each image scored under 8 flips/rotations, averaged" in text) is named
+
+
+def test_card_shows_the_last_stages_curves_when_given(tmp_path: Path) -> None:
+    spec = spec_for("threshold", "tiny", metrics={"pixel_error": 0.07})
+    parent = {"config": {"threads": 1}, "train_seconds": 60, "epoch": 1}
+    checkpoint = {"config": {"init_from": "a.pt"}, "epoch": 2, "parent": parent}
+    parity = ParityReport(
+        images=2, max_abs_logit_diff=1e-6, argmax_agreement=1.0, labels_output_agreement=1.0
+    )
+    latency = {"labels_in_graph_ms": 1.0, "logits_numpy_argmax_ms": 1.2}
+    args = (spec, checkpoint, 10, 10**9, (1, 1, 64, 64), latency, parity, 2000, "x.png")
+    write_card(tmp_path / "a.md", *args, curves_png="tiny-curves.png")
+    text = (tmp_path / "a.md").read_text()
+    assert "## Training curves (stage 2:" in text and "![curves](tiny-curves.png)" in text
+    write_card(tmp_path / "b.md", *args)
+    assert "curves" not in (tmp_path / "b.md").read_text()
