@@ -171,7 +171,7 @@ max |logit difference| {parity.max_abs_logit_diff:.2e} (limit 1e-4), argmax agre
     if curves_png:
         stage = len(training_recipe(checkpoint).splitlines())
         text += f"""
-## Training curves (stage {stage}: loss, learning rate, validation metrics)
+## Training curves (stage {stage}: training loss, validation metrics)
 ![curves]({curves_png})
 """
     path.write_text(text)
