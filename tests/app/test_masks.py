@@ -168,8 +168,9 @@ def test_rings_and_holes_of_the_isbi_map() -> None:
     assert int(rings.areas.sum()) == np.count_nonzero(labels == 1)
     cells = polygons(labels == 1)
     membrane = polygons(labels == 0)
-    # Hundreds of cells, and the membrane is one region whose holes are the cells.
-    assert len(cells) > 100
+    # About a hundred cells (slice 21's labels hold 98, unet-isbi 1.3.0 draws 97), and the
+    # membrane is one region whose holes are the cells.
+    assert len(cells) > 80
     assert max(len(p) for p in membrane) > 50
 
 
@@ -413,7 +414,7 @@ def test_shipped_isbi_model_coco_and_geojson_match_its_png(tmp_path: Path) -> No
     with TestClient(create_app(settings)) as shipped:
         wait_ready(shipped, timeout=120)
         expected = png_map(shipped, "unet-isbi", image)
-        assert len(trace(expected == 1).areas) > 100  # hundreds of cells
+        assert len(trace(expected == 1).areas) > 80  # about a hundred cells
         coco = json.loads(segment(shipped, "unet-isbi", image, format="coco"))
         for annotation in coco["annotations"]:
             mask = mask_api.decode(annotation["segmentation"]).astype(bool)
