@@ -132,6 +132,7 @@ def write_card(
     metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(spec.metrics.items()))
     views = int((checkpoint.get("config") or {}).get("val_views", 1))
     scored = f", each image scored under {views} flips/rotations, averaged" if views > 1 else ""
+    recipe = training_recipe(checkpoint)
     text = f"""# {spec.name} {spec.version}
 
 {spec.description}
@@ -148,7 +149,7 @@ def write_card(
 - **Exported**: {spec.exported_at} from commit `{spec.git_commit or "unknown"}`
 
 ## Training recipe
-{training_recipe(checkpoint)}
+{recipe}
 
 ## Validation metrics (best checkpoint{scored})
 | metric | value |
@@ -169,7 +170,7 @@ max |logit difference| {parity.max_abs_logit_diff:.2e} (limit 1e-4), argmax agre
 ![examples]({example_png})
 """
     if curves_png:
-        stage = len(training_recipe(checkpoint).splitlines())
+        stage = len(recipe.splitlines())
         text += f"""
 ## Training curves (stage {stage}: training loss, validation metrics)
 ![curves]({curves_png})

@@ -134,7 +134,9 @@ def recalibrate_batch_norm(model: nn.Module, batches: Iterable[torch.Tensor]) ->
     return model
 
 
-SPEC_KEY = "segserve.spec"  # app/spec.py's metadata key (app stays out of models/)
+# app/spec.py's metadata key, repeated: app.spec needs pydantic, which the GPU machine
+# that runs models.train lacks (tests/models check that the two agree)
+SPEC_KEY = "segserve.spec"
 STAGE_LINE = re.compile(r"^\d+\. ")
 
 
@@ -153,9 +155,10 @@ def onnx_lineage(path: Path) -> dict[str, Any]:
         body = section[1].split("\n## ", 1)[0] if len(section) == 2 else ""
         for line in body.strip().splitlines():
             line = line.strip()
-            if STAGE_LINE.match(line) or (line and not stages):
+            numbered = STAGE_LINE.match(line) is not None
+            if numbered or (line and not stages):
                 # an older card's single stage is not numbered
-                stages.append(line if STAGE_LINE.match(line) else f"1. {line}")
+                stages.append(line if numbered else f"1. {line}")
             elif line:
                 stages[-1] += f" {line}"  # a stage wrapped over lines
     return {

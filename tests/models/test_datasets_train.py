@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from export.card import training_recipe
+from models import onnx_weights
 from models.datasets import (
     DEFAULT_DATA_ROOT,
     camvid_classes,
@@ -181,6 +182,12 @@ def test_a_run_fine_tuned_from_a_shipped_file_continues_its_cards_stages() -> No
     assert training_recipe(child).startswith(
         "1. fine-tuned from m 1.2.0 (app/shipped_models/m.onnx), 20 minutes"
     )
+
+
+def test_onnx_lineage_reads_the_spec_key_the_service_writes() -> None:
+    from app.spec import SPEC_KEY
+
+    assert onnx_weights.SPEC_KEY == SPEC_KEY  # a copy: models/ runs without pydantic
 
 
 def _onnx_with_spec(path: Path, spec: dict[str, object]) -> None:
